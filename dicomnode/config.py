@@ -1,0 +1,263 @@
+"""Settings: one TOML file, environment overrides, validated once at start-up.
+
+The file is ``settings.toml`` (the documented default sits at the repository root);
+``--config FILE`` names another. Any key can be overridden from the environment as
+``DICOMNODE_<SECTION>__<KEY>`` (``DICOMNODE_NODE__PORT=11113``); list values are
+given as JSON (``DICOMNODE_NODE__ALLOWED_CALLING_AETS='["CT1","MR2"]'``).
+
+A bad value raises :class:`~dicomnode.errors.ConfigError` with one line naming the
+file and the key. Settings objects are frozen and passed explicitly; nothing here is
+module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydicom.datadict import keyword_dict
+
+from dicomnode.errors import ConfigError
+
+__all__ = [
+    "DERIVED_MATCH_KEYS",
+    "NodeSettings",
+    "PeerSettings",
+    "PipelineSettings",
+    "RouteSettings",
+    "Settings",
+    "WebSettings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+#: Match keys that are not DICOM keywords but derived by the node (SPEC §3).
+DERIVED_MATCH_KEYS = frozenset({"CallingAETitle", "ImagePlane"})
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+MatchValue = str | int | float | list[str | int | float]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters)")
+    return value.strip()
+
+
+class NodeSettings(_Section):
+    """The ``[node]`` section: identity, network binding and storage."""
+
+    ae_title: str = "DICOMNODE"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 11112
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    allowed_calling_aets: tuple[str, ...] = ()
+    study_quiet_seconds: Annotated[float, Field(gt=0)] = 10
+    maximum_pdu_size: Annotated[int, Field(ge=0)] = 262144
+    maximum_associations: Annotated[int, Field(ge=1)] = 32
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_ae_title(v) for v in value)
+
+
+class WorkerSettings(_Section):
+    """The ``[worker]`` section."""
+
+    count: Annotated[int, Field(ge=0)] = 1
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+        return value
+
+
+class WebSettings(_Section):
+    """The ``[web]`` section."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class PeerSettings(_Section):
+    """One ``[[peers]]`` entry: a remote AE."""
+
+    name: Annotated[str, Field(min_length=1)]
+    ae_title: str
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+def _check_match(match: dict[str, MatchValue]) -> dict[str, MatchValue]:
+    for key, value in match.items():
+        if key not in keyword_dict and key not in DERIVED_MATCH_KEYS:
+            raise ValueError(f"match key {key!r} is not a DICOM keyword or a derived key")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item.startswith("re:"):
+                try:
+                    re.compile(item[3:])
+                except re.error as exc:
+                    raise ValueError(f"match {key}: bad regular expression {item!r}: {exc}") from exc
+    return match
+
+
+class RouteSettings(_Section):
+    """One ``[[routes]]`` entry: forward matching instances unchanged."""
+
+    name: Annotated[str, Field(min_length=1)]
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    send_to: tuple[str, ...]
+
+    _match = field_validator("match")(classmethod(lambda cls, v: _check_match(v)))
+
+
+class PipelineSettings(_Section):
+    """One ``[[pipelines]]`` entry: run a model on matching stable studies."""
+
+    name: Annotated[str, Field(min_length=1)]
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    model: Annotated[str, Field(min_length=1)]
+    send_to: tuple[str, ...] = ()
+
+    _match = field_validator("match")(classmethod(lambda cls, v: _check_match(v)))
+
+
+class Settings(BaseSettings):
+    """All settings of one node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DICOMNODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    node: NodeSettings = NodeSettings()
+    worker: WorkerSettings = WorkerSettings()
+    web: WebSettings = WebSettings()
+    peers: tuple[PeerSettings, ...] = ()
+    routes: tuple[RouteSettings, ...] = ()
+    pipelines: tuple[PipelineSettings, ...] = ()
+    #: The file these settings came from (None: built-in defaults).
+    source: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        peer_names = [p.name for p in self.peers]
+        for kind, names in (
+            ("peers", peer_names),
+            ("routes", [r.name for r in self.routes]),
+            ("pipelines", [p.name for p in self.pipelines]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
+        for entry in (*self.routes, *self.pipelines):
+            for target in entry.send_to:
+                if target not in peer_names:
+                    raise ValueError(f"{entry.name}: send_to names unknown peer {target!r}")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        """The data folder, resolved against the settings file's folder."""
+        path = self.node.data_dir
+        if not path.is_absolute() and self.source is not None:
+            path = self.source.parent / path
+        return path.resolve()
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL; an SQLite file in ``data_dir`` when none is set."""
+        if self.node.database_url:
+            return self.node.database_url
+        return f"sqlite:///{self.data_dir / 'dicomnode.sqlite'}"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ""
+    if loc:
+        head = loc[0]
+        rest = ".".join(loc[1:])
+        key = f"[{head}] {rest}" if rest else head
+    return f"{key}: {error['msg']}" if key else str(error["msg"])
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load, merge and validate the settings.
+
+    Parameters
+    ----------
+    path
+        The TOML file. ``None`` uses ``$DICOMNODE_CONFIG``, else ``./settings.toml``
+        when present, else the built-in defaults.
+
+    Raises
+    ------
+    ConfigError
+        With one line naming the file and the first bad key.
+    """
+    if path is None:
+        if os.environ.get("DICOMNODE_CONFIG"):
+            path = Path(os.environ["DICOMNODE_CONFIG"])
+        elif Path("settings.toml").is_file():
+            path = Path("settings.toml")
+    data: dict[str, Any] = {}
+    where = "built-in defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{where}: file not found") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+        if "source" in data:
+            raise ConfigError(f"{where}: source: unknown key")
+        data["source"] = path.resolve()
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{where}: {_describe(first)}") from exc

@@ -1,0 +1,73 @@
+"""Exceptions raised by dicomnode.
+
+One root and one subclass per stage, so callers can catch a whole stage::
+
+    DicomnodeError
+    ├── ConfigError            bad settings; the message names the file and key
+    ├── ReceiveError           an incoming instance cannot be accepted
+    │   ├── InvalidDatasetError    unparseable, truncated, bad UID   -> 0xC000
+    │   ├── DatasetMismatchError   command and dataset UIDs differ   -> 0xA900
+    │   └── StorageError           disk or database failure          -> 0xA700
+    ├── DatabaseError          the index (database) failed
+    └── SendError              a C-STORE to a peer failed
+
+Errors carry the UIDs involved so a log line or a stored error text can name them
+without any patient data.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatasetMismatchError",
+    "DicomnodeError",
+    "DatabaseError",
+    "InvalidDatasetError",
+    "ReceiveError",
+    "SendError",
+    "StorageError",
+]
+
+
+class DicomnodeError(Exception):
+    """Root of every error dicomnode raises on purpose."""
+
+
+class ConfigError(DicomnodeError):
+    """The settings are invalid; the message is one line naming file and key."""
+
+
+class ReceiveError(DicomnodeError):
+    """An incoming instance cannot be stored.
+
+    Parameters
+    ----------
+    message
+        What went wrong, without patient data.
+    sop_instance_uid
+        The instance concerned, when known.
+    """
+
+    def __init__(self, message: str, sop_instance_uid: str | None = None) -> None:
+        super().__init__(message)
+        self.sop_instance_uid = sop_instance_uid
+
+
+class InvalidDatasetError(ReceiveError):
+    """The dataset cannot be parsed, is truncated or carries an invalid UID."""
+
+
+class DatasetMismatchError(ReceiveError):
+    """The dataset does not match the C-STORE command (SOP Instance UID)."""
+
+
+class StorageError(ReceiveError):
+    """The instance could not be made durable (disk full, I/O or database error)."""
+
+
+class DatabaseError(DicomnodeError):
+    """The index database failed."""
+
+
+class SendError(DicomnodeError):
+    """A C-STORE to a peer failed."""

@@ -1,0 +1,74 @@
+"""Engines, sessions and schema upgrades for the index.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so that a
+committed row survives power loss, which is what a 0x0000 C-STORE response promises
+(SPEC §4). PostgreSQL needs nothing special.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["alembic_config", "make_engine", "make_session_factory", "upgrade_database"]
+
+logger = logging.getLogger(__name__)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    """Create an engine; for SQLite, create the folder and set durable pragmas."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
+        url = url.set(drivername="postgresql+psycopg")
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory whose objects stay readable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _script_location() -> str:
+    # A built wheel carries the root ``alembic/`` folder as ``dicomnode._alembic``;
+    # a source checkout (editable install) uses the folder itself.
+    try:
+        return str(files("dicomnode._alembic"))
+    except ModuleNotFoundError:
+        return str(Path(__file__).resolve().parents[2] / "alembic")
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic configuration pointing at the shipped migration scripts."""
+    cfg = Config()
+    cfg.set_main_option("script_location", _script_location())
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade_database(database_url: str, revision: str = "head") -> None:
+    """Bring the database schema to ``revision`` (idempotent)."""
+    command.upgrade(alembic_config(database_url), revision)
+    logger.info("database upgraded", extra={"action": "db_upgraded", "revision": revision})

@@ -1,0 +1,173 @@
+"""Index records: studies, series, instances and the associations that brought them.
+
+Identical on SQLite and PostgreSQL; Alembic migrations in ``alembic/`` build this
+schema and ``tests/integration/test_migrations.py`` proves they match. Timestamps are
+stored as UTC. No patient name, ID or birth date is stored (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "AssociationRecord",
+    "Base",
+    "InstanceRecord",
+    "SeriesRecord",
+    "StudyRecord",
+    "StudyState",
+    "UtcDateTime",
+    "utc_now",
+]
+
+UID = String(64)
+AE = String(16)
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and returned as aware UTC on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class StudyState(enum.StrEnum):
+    """Where a study is in its life; persisted as lower-case text."""
+
+    RECEIVING = "receiving"
+    STABLE = "stable"
+
+
+# Constraint names are fixed so migrations are identical on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every record."""
+
+    metadata = metadata
+
+
+class AssociationRecord(Base):
+    """One accepted association from a peer."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+    called_ae: Mapped[str] = mapped_column(AE)
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+    instances_received: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StudyRecord(Base):
+    """A study seen by the node."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[StudyState] = mapped_column(
+        Enum(StudyState, name="study_state", values_callable=lambda e: [m.value for m in e]),
+        default=StudyState.RECEIVING,
+    )
+    first_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    stable_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    calling_ae: Mapped[str | None] = mapped_column(AE)
+
+    series: Mapped[list[SeriesRecord]] = relationship(back_populates="study")
+
+    # The completion scan reads only studies still receiving (O(active studies)).
+    __table_args__ = (Index("ix_studies_state_last_received", "state", "last_received_at"),)
+
+
+class SeriesRecord(Base):
+    """A series of a study, with the attributes rules and view grouping use."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    body_part_examined: Mapped[str | None] = mapped_column(String(16))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(UID)
+
+    study: Mapped[StudyRecord] = relationship(back_populates="series")
+    instances: Mapped[list[InstanceRecord]] = relationship(back_populates="series")
+
+
+class InstanceRecord(Base):
+    """One stored SOP instance: where its file is and what it is."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    association_id: Mapped[int | None] = mapped_column(
+        ForeignKey("associations.id", ondelete="SET NULL"), index=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    image_type: Mapped[str | None] = mapped_column(String(128))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    laterality: Mapped[str | None] = mapped_column(String(2))
+    image_plane: Mapped[str | None] = mapped_column(String(16))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int] = mapped_column(Integer, default=1)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255))
+    calling_ae: Mapped[str] = mapped_column(AE)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+
+    series: Mapped[SeriesRecord] = relationship(back_populates="instances")

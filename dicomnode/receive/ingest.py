@@ -1,0 +1,301 @@
+"""Make a received instance durable: validate, fsync, rename, index, then answer.
+
+Success (0x0000) means durable (SPEC §4): the spooled file is fsynced, renamed to
+its final path (same filesystem, so atomic), the directory fsynced and the index
+row committed before the handler returns. Association threads do the per-file work
+(validation, fsync) in parallel; one writer thread does the renames, directory
+fsyncs and database commits for everything queued at that moment in a single
+transaction (group commit). With several associations sending at once this turns
+N commits into one without weakening what a success means.
+
+Duplicates (same SOP Instance UID): same bytes -> success, no second copy. Different
+bytes -> the newer copy replaces the stored one (last writer wins, as a modality
+re-sending a corrected image expects) and the older bytes are kept under
+``data_dir/superseded/`` so nothing is lost; both cases are logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.errors import DatasetMismatchError, InvalidDatasetError, StorageError
+from dicomnode.index.queries import find_instance, record_instance
+from dicomnode.index.schema import utc_now
+from dicomnode.receive.inspect import InstanceInfo, inspect_instance, is_valid_uid
+from dicomnode.receive.spool import SpoolFile
+
+__all__ = ["Ingest", "Outcome", "instance_relpath"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_BATCH = 128
+
+
+class Outcome(enum.StrEnum):
+    """What storing an instance did."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REPLACED = "replaced"
+
+
+def instance_relpath(info: InstanceInfo) -> Path:
+    """Where an instance lives under ``data_dir``; built only from validated UIDs."""
+    for uid in (info.study_instance_uid, info.series_instance_uid, info.sop_instance_uid):
+        if not is_valid_uid(uid):  # defence in depth: inspect_instance checked already
+            raise InvalidDatasetError("invalid UID in path", info.sop_instance_uid)
+    return Path(
+        "instances", info.study_instance_uid, info.series_instance_uid,
+        f"{info.sop_instance_uid}.dcm",
+    )  # fmt: skip
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or new entry in it survives power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path, stop: Path) -> set[Path]:
+    """Create ``path`` and missing parents; return the directories whose entries changed."""
+    changed: set[Path] = set()
+    missing = []
+    current = path
+    while not current.exists() and current != stop:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        changed.add(folder.parent)
+    changed.add(path)
+    return changed
+
+
+@dataclass
+class _Request:
+    spool: SpoolFile
+    info: InstanceInfo
+    calling_ae: str
+    association_id: int | None
+    future: Future[Outcome] = field(default_factory=Future)
+
+
+@dataclass
+class _Undo:
+    """Renames to reverse when a batch fails: each (from, to) goes back to ``from``."""
+
+    moved: list[tuple[Path, Path]] = field(default_factory=list)
+
+    def run(self) -> None:
+        for source, target in reversed(self.moved):
+            os.replace(target, source)
+
+
+class Ingest:
+    """Stores received instances durably; one instance per data folder and database.
+
+    Parameters
+    ----------
+    data_dir
+        The node's data folder (instances, spool, superseded copies).
+    session_factory
+        Sessions on the index database.
+    """
+
+    def __init__(self, data_dir: Path, session_factory: sessionmaker[Session]) -> None:
+        self.data_dir = data_dir
+        self.spool_dir = data_dir / "spool"
+        self.session_factory = session_factory
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+
+    def start(self) -> None:
+        """Clean leftovers of a previous run and start the writer thread."""
+        (self.data_dir / "instances").mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.spool_dir.iterdir():
+            # Spooled files never got a success response: the sender will resend.
+            leftover.unlink(missing_ok=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued and stop the writer thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    # -- association threads ------------------------------------------------------
+
+    def store(
+        self,
+        spool: SpoolFile,
+        command_sop_class_uid: str,
+        command_sop_instance_uid: str,
+        calling_ae: str,
+        association_id: int | None,
+    ) -> Outcome:
+        """Validate a spooled instance and make it durable; raises a ReceiveError."""
+        try:
+            if spool.error is not None:
+                raise StorageError(f"cannot write the instance: {spool.error.strerror}")
+            if not is_valid_uid(command_sop_instance_uid):
+                raise InvalidDatasetError("Affected SOP Instance UID is not a valid UID")
+            info = inspect_instance(Path(spool.name), self.spool_dir)
+            if info.sop_instance_uid != command_sop_instance_uid:
+                raise DatasetMismatchError(
+                    "SOP Instance UID differs from the C-STORE command", info.sop_instance_uid
+                )
+            if info.sop_class_uid != command_sop_class_uid:
+                raise DatasetMismatchError(
+                    "SOP Class UID differs from the C-STORE command", info.sop_instance_uid
+                )
+            try:
+                spool.sync_and_close()
+            except OSError as exc:
+                raise StorageError(f"cannot write the instance: {exc.strerror}") from exc
+        except BaseException:
+            spool.discard()
+            raise
+        request = _Request(spool, info, calling_ae, association_id)
+        self._queue.put(request)
+        return request.future.result()
+
+    # -- writer thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit_batch(batch)
+            if stop:
+                return
+
+    def _commit_batch(self, batch: list[_Request]) -> None:
+        try:
+            outcomes = self._commit(batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad request must not fail its neighbours: retry one by one.
+                for request in batch:
+                    self._commit_batch([request])
+                return
+            self._fail(batch[0], exc)
+            return
+        for request, outcome in zip(batch, outcomes, strict=True):
+            self._log(request, outcome)
+            request.future.set_result(outcome)
+
+    def _fail(self, request: _Request, exc: Exception) -> None:
+        request.spool.discard()
+        kind = "database" if isinstance(exc, SQLAlchemyError) else "storage"
+        logger.error(
+            "instance not stored",
+            extra={
+                "action": "instance_store_failed",
+                "sop_instance_uid": request.info.sop_instance_uid,
+                "calling_ae": request.calling_ae,
+                "reason": f"{kind}: {type(exc).__name__}",
+            },
+        )
+        text = getattr(exc, "strerror", None) or type(exc).__name__
+        request.future.set_exception(
+            StorageError(f"{kind} failure: {text}", request.info.sop_instance_uid)
+        )
+
+    def _commit(self, batch: list[_Request]) -> list[Outcome]:
+        undo = _Undo()
+        outcomes: list[Outcome] = []
+        dirs: set[Path] = set()
+        now = utc_now()
+        with self.session_factory() as session:
+            try:
+                for request in batch:
+                    outcomes.append(self._place(session, request, undo, dirs, now))
+                for folder in dirs:
+                    fsync_dir(folder)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                undo.run()
+                raise
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if outcome is Outcome.DUPLICATE:
+                request.spool.discard()
+        return outcomes
+
+    def _place(
+        self, session: Session, request: _Request, undo: _Undo, dirs: set[Path], now: object
+    ) -> Outcome:
+        info = request.info
+        relpath = instance_relpath(info)
+        final = self.data_dir / relpath
+        existing = find_instance(session, info.sop_instance_uid)
+        outcome = Outcome.STORED
+        if existing is not None:
+            if existing.sha256 == request.spool.sha256 and (self.data_dir / existing.path).exists():
+                return Outcome.DUPLICATE
+            old = self.data_dir / existing.path
+            if old.exists():
+                kept = self.data_dir / "superseded" / f"{info.sop_instance_uid}.{existing.sha256[:16]}.dcm"
+                dirs |= _make_dirs(kept.parent, self.data_dir)
+                os.replace(old, kept)
+                undo.moved.append((old, kept))
+                dirs.add(old.parent)
+            outcome = Outcome.REPLACED
+        dirs |= _make_dirs(final.parent, self.data_dir)
+        os.replace(request.spool.name, final)
+        undo.moved.append((Path(request.spool.name), final))
+        attrs = asdict(info) | {
+            "size_bytes": request.spool.size,
+            "sha256": request.spool.sha256,
+            "path": relpath.as_posix(),
+            "calling_ae": request.calling_ae,
+            "association_id": request.association_id,
+        }
+        record_instance(session, attrs, now)  # type: ignore[arg-type]
+        session.flush()
+        return outcome
+
+    def _log(self, request: _Request, outcome: Outcome) -> None:
+        info = request.info
+        level = logging.WARNING if outcome is Outcome.REPLACED else logging.INFO
+        logger.log(
+            level,
+            f"instance {outcome.value}",
+            extra={
+                "action": f"instance_{outcome.value}",
+                "study_instance_uid": info.study_instance_uid,
+                "series_instance_uid": info.series_instance_uid,
+                "sop_instance_uid": info.sop_instance_uid,
+                "calling_ae": request.calling_ae,
+                "bytes": request.spool.size,
+            },
+        )

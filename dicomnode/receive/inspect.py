@@ -1,0 +1,404 @@
+"""Check an incoming instance's structure and read the attributes the index needs.
+
+pydicom alone accepts some broken files silently (a value whose length runs past
+the end of the file, Pixel Data shorter than Rows x Columns x ... says) and can be
+made to use unbounded memory (a deflated bomb) or recurse too deep (nested
+sequences). So :func:`inspect_instance` walks every element header of the received
+file itself, over a memory map, with bounded depth, never reading pixel values; on
+the way it picks up the few top-level attributes the index records. That single
+pass is also several times faster than a pydicom parse, which matters at hundreds
+of instances per second. Pixel data is never decoded here (SPEC §4).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, UID
+
+from dicomnode.errors import InvalidDatasetError
+
+__all__ = ["InstanceInfo", "image_plane", "inspect_instance", "is_valid_uid"]
+
+#: PS3.5 9.1: digits and dots, at most 64 characters. We accept leading zeros in a
+#: component (seen in the wild) but never empty components, so ".." cannot occur.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+_MAX_DEPTH = 32
+#: A deflated dataset may inflate to at most this much (a bomb stops here).
+MAX_INFLATED_BYTES = 4 * 2**30
+
+_KEYWORDS = (
+    "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate",
+    "Modality", "StudyDescription", "SeriesDescription", "BodyPartExamined",
+    "ViewPosition", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
+    "InstanceNumber", "ImageOrientationPatient", "FrameOfReferenceUID", "Laterality",
+    "ImageLaterality", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
+    "Rows", "Columns", "BitsAllocated",
+)  # fmt: skip
+_WANTED = {tag_for_keyword(k): (k, dictionary_VR(k)) for k in _KEYWORDS}
+_TEXT_VRS = {"LO", "SH", "ST", "LT", "PN", "UC", "UT"}
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a syntactically safe UID: digits and dots, 1-64 characters."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """What the index records about an instance (no patient data)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    study_date: str | None
+    study_description: str | None
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    frame_of_reference_uid: str | None
+    instance_number: int | None
+    image_type: str | None
+    view_position: str | None
+    laterality: str | None
+    image_plane: str | None
+    rows: int | None
+    columns: int | None
+    number_of_frames: int
+
+
+class _Walker:
+    """Walks the element headers of one encoded dataset held in a buffer."""
+
+    def __init__(self, buf: mmap.mmap | bytes, pos: int, explicit: bool, little: bool) -> None:
+        self.buf, self.pos, self.size = buf, pos, len(buf)
+        self.explicit, self.little = explicit, little
+        self.u16 = struct.Struct("<H" if little else ">H")
+        self.u32 = struct.Struct("<I" if little else ">I")
+        self.tag = struct.Struct("<HH" if little else ">HH")
+        #: Raw top-level values of the attributes in ``_WANTED``.
+        self.values: dict[int, bytes] = {}
+        #: Pixel Data length; None when encapsulated; absent when no Pixel Data.
+        self.pixel_length: int | None = -1
+
+    def _fail(self, what: str) -> InvalidDatasetError:
+        return InvalidDatasetError(f"{what} at byte {self.pos}")
+
+    def _header(self) -> tuple[int, bytes, int] | None:
+        pos, buf = self.pos, self.buf
+        if pos + 8 > self.size:
+            if pos == self.size:
+                return None
+            raise self._fail("truncated element header")
+        group, elem = self.tag.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        vr = buf[pos + 4 : pos + 6]
+        implicit = group == 0xFFFE or not self.explicit
+        # An implicit-VR element inside an explicit-VR dataset: some writers do this
+        # and pydicom tolerates it, so do we.
+        if implicit or not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            self.pos = pos + 8
+            return tag, b"", self.u32.unpack_from(buf, pos + 4)[0]
+        if vr in _LONG_VRS:
+            if pos + 12 > self.size:
+                raise self._fail("truncated element header")
+            self.pos = pos + 12
+            return tag, vr, self.u32.unpack_from(buf, pos + 8)[0]
+        self.pos = pos + 8
+        return tag, vr, self.u16.unpack_from(buf, pos + 6)[0]
+
+    def _skip(self, length: int, tag: int) -> None:
+        if self.pos + length > self.size:
+            raise self._fail(
+                f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) of {length} bytes "
+                "runs past the end of the data"
+            )
+        self.pos += length
+
+    def walk(self, limit: int, depth: int = 0) -> int | None:
+        """Walk elements until ``limit`` or a delimiter; return the delimiter tag."""
+        if depth > _MAX_DEPTH:
+            raise self._fail(f"sequences nested deeper than {_MAX_DEPTH}")
+        while self.pos < limit:
+            header = self._header()
+            if header is None:
+                return None
+            tag, vr, length = header
+            if tag in (_ITEM_END, _SEQ_END):
+                return tag
+            if length != _UNDEFINED:
+                if depth == 0:
+                    if tag in _WANTED:
+                        self.values[tag] = bytes(self.buf[self.pos : self.pos + length])
+                    elif tag in _PIXEL_TAGS:
+                        self.pixel_length = length
+                self._skip(length, tag)
+            elif tag in _PIXEL_TAGS:
+                if depth == 0:
+                    self.pixel_length = None
+                self._walk_fragments()
+            elif vr == b"UN" and self.explicit:
+                # PS3.5 6.2.2: UN of undefined length holds implicit VR LE items.
+                self.explicit = False
+                try:
+                    self._walk_items(depth)
+                finally:
+                    self.explicit = True
+            else:
+                self._walk_items(depth)
+        if self.pos > limit:
+            raise self._fail("an element runs past the end of its item")
+        return None
+
+    def _walk_items(self, depth: int) -> None:
+        while True:
+            header = self._header()
+            if header is None:
+                raise self._fail("sequence not terminated")
+            tag, _, length = header
+            if tag == _SEQ_END:
+                return
+            if tag != _ITEM:
+                raise self._fail("expected an item in a sequence")
+            if length == _UNDEFINED:
+                if self.walk(self.size, depth + 1) != _ITEM_END:
+                    raise self._fail("item not terminated")
+                continue
+            end = self.pos + length
+            if end > self.size:
+                raise self._fail("item runs past the end of the data")
+            self.walk(end, depth + 1)
+            self.pos = end
+
+    def _walk_fragments(self) -> None:
+        while True:
+            header = self._header()
+            if header is None:
+                raise self._fail("encapsulated Pixel Data not terminated")
+            tag, _, length = header
+            if tag == _SEQ_END:
+                return
+            if tag != _ITEM or length == _UNDEFINED:
+                raise self._fail("bad Pixel Data fragment")
+            self._skip(length, tag)
+
+
+def _dataset_offset(buf: mmap.mmap | bytes) -> tuple[int, str]:
+    """Offset of the dataset after the File Meta, and the Transfer Syntax UID."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        raise InvalidDatasetError("no DICOM File Meta Information")
+    pos, syntax = 132, ""
+    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        elem = struct.unpack_from("<H", buf, pos + 2)[0]
+        if buf[pos + 4 : pos + 6] in _LONG_VRS:
+            length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+        else:
+            length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+        if elem == 0x0010:
+            syntax = bytes(buf[start : start + length]).rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    if not is_valid_uid(syntax):
+        raise InvalidDatasetError("File Meta has no valid Transfer Syntax UID")
+    return pos, syntax
+
+
+@contextmanager
+def _mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
+    with path.open("rb") as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            yield buf
+
+
+def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path) -> Path:
+    """Inflate a deflated dataset into a bare explicit VR LE dataset, with a size cap."""
+    fd, name = tempfile.mkstemp(suffix=".inflated", dir=folder)
+    out = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            total = 0
+            for offset in range(start, len(buf), 1 << 20):
+                data = inflater.decompress(buf[offset : offset + (1 << 20)], 1 << 24)
+                while True:
+                    total += len(data)
+                    if total > MAX_INFLATED_BYTES:
+                        raise InvalidDatasetError("deflated dataset inflates past the size limit")
+                    dst.write(data)
+                    if not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
+            dst.write(inflater.flush())
+    except zlib.error as exc:
+        out.unlink(missing_ok=True)
+        raise InvalidDatasetError(f"deflated data is corrupt: {exc}") from exc
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def inspect_instance(path: Path, scratch: Path) -> InstanceInfo:
+    """Validate a received Part 10 file and read its index attributes.
+
+    Parameters
+    ----------
+    path
+        The spooled file (File Meta written by pynetdicom, dataset as received).
+    scratch
+        A folder for inflating deflated datasets (same filesystem as ``path``).
+
+    Raises
+    ------
+    InvalidDatasetError
+        Unparseable, truncated, nested too deep, or a required UID is invalid.
+    """
+    with _mapped(path) as buf:
+        start, syntax = _dataset_offset(buf)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            inflated = _inflate(buf, start, scratch)
+            try:
+                with _mapped(inflated) as plain:
+                    walker = _walk(plain, 0, UID(ExplicitVRLittleEndian))
+            finally:
+                inflated.unlink(missing_ok=True)
+        else:
+            walker = _walk(buf, start, UID(syntax))
+    values = _decode(walker)
+    if walker.pixel_length is not None and walker.pixel_length >= 0:
+        expected = _expected_pixel_bytes(values)
+        if expected is not None and walker.pixel_length < expected:
+            raise InvalidDatasetError(
+                f"Pixel Data has {walker.pixel_length} bytes, Rows x Columns x ... needs {expected}"
+            )
+    return _info(values, syntax)
+
+
+def _walk(buf: mmap.mmap | bytes, start: int, syntax: UID) -> _Walker:
+    walker = _Walker(buf, start, not syntax.is_implicit_VR, syntax.is_little_endian)
+    if walker.walk(len(buf)) is not None:
+        raise InvalidDatasetError("stray delimiter at the top level of the dataset")
+    return walker
+
+
+def _decode(walker: _Walker) -> dict[str, object]:
+    """Turn the raw top-level values into Python values (text, ints, floats)."""
+    out: dict[str, object] = {}
+    charset = walker.values.get(tag_for_keyword("SpecificCharacterSet"), b"")
+    encodings = convert_encodings(
+        [v for v in charset.decode("ascii", "replace").strip(" \0").split("\\") if v] or [""]
+    )
+    for tag, raw in walker.values.items():
+        keyword, vr = _WANTED[tag]
+        if vr == "US":
+            if len(raw) >= 2:
+                out[keyword] = walker.u16.unpack_from(raw)[0]
+            continue
+        if vr in _TEXT_VRS:
+            text = decode_bytes(raw, encodings, {0x5C})
+        else:
+            text = raw.decode("ascii", "replace")
+        values = [v.strip(" \0") for v in text.split("\\")]
+        out[keyword] = values if len(values) > 1 else values[0]
+    return out
+
+
+def _text(values: dict[str, object], keyword: str, limit: int) -> str | None:
+    value = values.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        value = "\\".join(str(v) for v in value)
+    return str(value)[:limit]
+
+
+def _int(values: dict[str, object], keyword: str) -> int | None:
+    value = values.get(keyword)
+    try:
+        return None if value is None or value == "" else int(str(value))
+    except ValueError:
+        return None
+
+
+def _expected_pixel_bytes(values: dict[str, object]) -> int | None:
+    rows, cols = _int(values, "Rows"), _int(values, "Columns")
+    bits = _int(values, "BitsAllocated")
+    if not rows or not cols or not bits:
+        return None
+    samples = _int(values, "SamplesPerPixel") or 1
+    frames = _int(values, "NumberOfFrames") or 1
+    total = (rows * cols * samples * frames * bits + 7) // 8
+    if values.get("PhotometricInterpretation") == "YBR_FULL_422":
+        # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels, so 2/3 of full size.
+        total = total * 2 // 3
+    return total
+
+
+def image_plane(orientation: object) -> str | None:
+    """AXIAL, CORONAL, SAGITTAL or OBLIQUE from ImageOrientationPatient (PS3.3 C.7.6.2)."""
+    if not isinstance(orientation, list | tuple) or len(orientation) != 6:
+        return None
+    try:
+        values = np.asarray([float(v) for v in orientation], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    normal = np.abs(np.cross(values[:3], values[3:]))
+    if not np.isfinite(normal).all() or normal.max() == 0:
+        return None
+    axis = int(normal.argmax())
+    if normal[axis] / np.linalg.norm(normal) < 0.9:  # more than ~25 degrees off any axis
+        return "OBLIQUE"
+    return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
+
+
+def _info(values: dict[str, object], syntax: str) -> InstanceInfo:
+    uids = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = values.get(keyword)
+        if not is_valid_uid(value):
+            raise InvalidDatasetError(f"{keyword} is missing or not a valid UID")
+        uids[keyword] = str(value)
+    frame_of_ref = _text(values, "FrameOfReferenceUID", 64)
+    return InstanceInfo(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=syntax,
+        study_date=_text(values, "StudyDate", 8),
+        study_description=_text(values, "StudyDescription", 64),
+        modality=_text(values, "Modality", 16),
+        series_number=_int(values, "SeriesNumber"),
+        series_description=_text(values, "SeriesDescription", 64),
+        body_part_examined=_text(values, "BodyPartExamined", 16),
+        frame_of_reference_uid=frame_of_ref if is_valid_uid(frame_of_ref) else None,
+        instance_number=_int(values, "InstanceNumber"),
+        image_type=_text(values, "ImageType", 128),
+        view_position=_text(values, "ViewPosition", 16),
+        laterality=_text(values, "ImageLaterality", 2) or _text(values, "Laterality", 2),
+        image_plane=image_plane(values.get("ImageOrientationPatient")),
+        rows=_int(values, "Rows"),
+        columns=_int(values, "Columns"),
+        number_of_frames=_int(values, "NumberOfFrames") or 1,
+    )
