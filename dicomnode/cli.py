@@ -106,7 +106,11 @@ def _serve(settings: Settings) -> None:
     # Stop accepting, let running associations finish (bounded), then drain the writer.
     server.shutdown()
     deadline = time.monotonic() + 30
-    while server.active_associations and time.monotonic() < deadline:
+    # Rejected or never-negotiated sockets linger until pynetdicom's ARTIM timer;
+    # only established associations are worth waiting for.
+    while time.monotonic() < deadline and any(
+        assoc.is_established for assoc in server.active_associations
+    ):
         time.sleep(0.1)
     for assoc in server.active_associations:
         assoc.abort()

@@ -30,7 +30,7 @@ from typing import TypedDict, Unpack
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import RE_VALID_UID, UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from dicomnode import __version__
@@ -257,7 +257,7 @@ def build_ct_series(
     series_number: int = 1,
     series_description: str = "Synthetic chest CT",
 ) -> Iterator[Dataset]:
-    """Yield one CT Image Storage dataset per slice of a synthetic chest CT.
+    """Return the slices of a synthetic chest CT, one CT Image Storage dataset each.
 
     Parameters
     ----------
@@ -277,28 +277,30 @@ def build_ct_series(
         General Series Module values; they also enter the series' UIDs, so two series
         of one study with the same seed stay distinct.
 
-    Yields
-    ------
-    pydicom.dataset.Dataset
-        Slices in instance-number order, each with File Meta Information for
-        Explicit VR Little Endian, ready for ``save_as(..., enforce_file_format=True)``.
+    Returns
+    -------
+    Iterator of pydicom.dataset.Dataset
+        Slices in instance-number order, rendered lazily, each with File Meta
+        Information for Explicit VR Little Endian, ready for
+        ``save_as(..., enforce_file_format=True)``.
 
     Raises
     ------
     ValueError
         If an argument is out of range; the message names it.
     """
+    # Validate here, not in the generator, so a bad argument fails at the call.
     phantom = ct_phantom(seed, slices, rows, columns, slice_thickness, pixel_spacing)
     if not 0 <= series_number <= 2**31 - 1:
         raise ValueError(f"series_number must fit an IS value, got {series_number}")
     study_uid = study_instance_uid or _derive_uid("study", str(seed), patient_id)
-    if not UID(study_uid).is_valid:
+    if len(study_uid) > 64 or not RE_VALID_UID.match(study_uid):
         raise ValueError(f"study_instance_uid is not a valid UID: {study_uid!r}")
     series_uid = _derive_uid(
         "series", study_uid, str(series_number), series_description, repr(phantom)
     )
-    for index, stored in enumerate(_render_series(phantom)):
-        yield _slice_dataset(
+    return (
+        _slice_dataset(
             phantom,
             index,
             stored,
@@ -306,6 +308,8 @@ def build_ct_series(
             patient=(patient_id, patient_name),
             series=(series_number, series_description),
         )
+        for index, stored in enumerate(_render_series(phantom))
+    )
 
 
 def write_ct_series(out_dir: Path, **options: Unpack[CtSeriesOptions]) -> list[Path]:
@@ -434,7 +438,8 @@ def _draw_lesions(
     for number, lesion in enumerate(phantom.lesions, start=1):
         cx, cy, cz = lesion.centre
         squared = lesion.radius**2 - (z - cz) ** 2
-        if squared < 0:
+        # A slice that only grazes the sphere has no pixel to draw (and r = 0 divides).
+        if squared <= 0:
             continue
         r = math.sqrt(squared)
         value = number if values is None else values[number - 1]

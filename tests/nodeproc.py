@@ -1,0 +1,149 @@
+"""Start the node the way a user does (``python -m dicomnode run``) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicomnode.index.db import make_engine, make_session_factory
+from dicomnode.index.schema import InstanceRecord
+
+__all__ = ["NodeProcess", "free_port", "wait_for_echo"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_echo(
+    port: int, ae_title: str = "DICOMNODE", timeout: float = 30, calling_ae: str = "TESTPROBE"
+) -> None:
+    """Block until an SCP on ``port`` answers C-ECHO with success."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 2
+    ae.network_timeout = 2
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # Probe with a plain socket first: pynetdicom leaks one on a refused connect.
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assoc.release()
+            if status and status.Status == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"no C-ECHO answer on port {port} within {timeout} s")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+class NodeProcess:
+    """A ``dicomnode run`` subprocess with its own settings file and data folder."""
+
+    def __init__(self, folder: Path, data_dir: Path | None = None, **node: Any) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or folder / "var"
+        self.port = int(node.pop("port", 0)) or free_port()
+        self.ae_title = str(node.get("ae_title", "DICOMNODE"))
+        allowed = list(node.get("allowed_calling_aets", []))
+        self.probe_ae = allowed[0] if allowed else "TESTPROBE"
+        values = {"port": self.port, "data_dir": str(self.data_dir), **node}
+        lines = ["[node]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
+        self.config = folder / "settings.toml"
+        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.log = folder / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, log_level: str = "INFO") -> NodeProcess:
+        """Start the node and wait until it answers C-ECHO."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicomnode", "--config", str(self.config),
+                 "--log-level", log_level, "run"],
+                stdout=log, stderr=log, env=env, cwd=self.folder,
+            )  # fmt: skip
+        try:
+            wait_for_echo(self.port, self.ae_title, calling_ae=self.probe_ae)
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"node did not start:\n{self.log.read_text()}") from None
+        return self
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+    def log_text(self) -> str:
+        """Everything the node logged so far."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session on the node's SQLite index (read it as another process would)."""
+        engine = make_engine(f"sqlite:///{self.data_dir / 'dicomnode.sqlite'}")
+        try:
+            with make_session_factory(engine)() as session:
+                yield session
+        finally:
+            engine.dispose()
+
+    def instances(self) -> list[InstanceRecord]:
+        """Every instance row in the index."""
+        with self.session() as session:
+            return list(session.scalars(select(InstanceRecord)))
+
+    def stored_files(self) -> list[Path]:
+        """Every file under ``data_dir/instances``."""
+        return sorted(p for p in (self.data_dir / "instances").rglob("*") if p.is_file())
