@@ -82,7 +82,9 @@ def _serve(settings: Settings) -> None:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
-        logger.info("stopping", extra={"action": "node_stopping", "signal": signal.Signals(signum).name})
+        logger.info(
+            "stopping", extra={"action": "node_stopping", "signal": signal.Signals(signum).name}
+        )
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -228,7 +230,16 @@ def studies(ctx: click.Context, limit: int) -> None:
     with make_session_factory(engine)() as session:
         rows = list_studies(session, limit)
     engine.dispose()
-    table = Table("Study Instance UID", "Date", "Modality", "Series", "Instances", "MB", "State", "Last received")
+    table = Table(
+        "Study Instance UID",
+        "Date",
+        "Modality",
+        "Series",
+        "Instances",
+        "MB",
+        "State",
+        "Last received",
+    )
     for row in rows:
         table.add_row(
             row.study_instance_uid,

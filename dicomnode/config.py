@@ -17,7 +17,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -125,7 +125,9 @@ def _check_match(match: dict[str, MatchValue]) -> dict[str, MatchValue]:
                 try:
                     re.compile(item[3:])
                 except re.error as exc:
-                    raise ValueError(f"match {key}: bad regular expression {item!r}: {exc}") from exc
+                    raise ValueError(
+                        f"match {key}: bad regular expression {item!r}: {exc}"
+                    ) from exc
     return match
 
 

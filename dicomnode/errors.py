@@ -19,9 +19,9 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DatabaseError",
     "DatasetMismatchError",
     "DicomnodeError",
-    "DatabaseError",
     "InvalidDatasetError",
     "ReceiveError",
     "SendError",

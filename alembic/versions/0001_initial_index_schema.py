@@ -112,5 +112,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_studies_state_last_received')
 
     op.drop_table('studies')
+    sa.Enum(name='study_state').drop(op.get_bind(), checkfirst=True)
     op.drop_table('associations')
     # ### end Alembic commands ###

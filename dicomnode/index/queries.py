@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.schema import (
@@ -19,90 +21,127 @@ from dicomnode.index.schema import (
 __all__ = [
     "StudySummary",
     "close_association",
-    "find_instance",
+    "find_instances",
     "list_studies",
     "mark_stable_studies",
     "open_association",
-    "record_instance",
+    "record_instances",
 ]
 
 
-def find_instance(session: Session, sop_instance_uid: str) -> InstanceRecord | None:
-    """The stored instance with this SOP Instance UID, if any."""
-    return session.scalars(
-        select(InstanceRecord).where(InstanceRecord.sop_instance_uid == sop_instance_uid)
-    ).one_or_none()
-
-
-def _study(session: Session, attrs: dict[str, object], now: datetime) -> StudyRecord:
-    uid = str(attrs["study_instance_uid"])
-    study = session.scalars(
-        select(StudyRecord).where(StudyRecord.study_instance_uid == uid)
-    ).one_or_none()
-    if study is None:
-        study = StudyRecord(
-            study_instance_uid=uid,
-            study_date=attrs.get("study_date"),
-            study_description=attrs.get("study_description"),
-            calling_ae=attrs.get("calling_ae"),
-            state=StudyState.RECEIVING,
-            first_received_at=now,
-            last_received_at=now,
+def find_instances(
+    session: Session, sop_instance_uids: Iterable[str]
+) -> dict[str, tuple[str, str]]:
+    """The stored (sha256, path) of each of these instances that is in the index."""
+    rows = session.execute(
+        select(InstanceRecord.sop_instance_uid, InstanceRecord.sha256, InstanceRecord.path).where(
+            InstanceRecord.sop_instance_uid.in_(set(sop_instance_uids))
         )
-        session.add(study)
-        session.flush()
-        return study
-    # A new instance (re)opens the study: it is stable again only after a quiet period.
-    study.last_received_at = now
-    study.state = StudyState.RECEIVING
-    study.stable_at = None
-    return study
+    )
+    return {uid: (sha, path) for uid, sha, path in rows}
 
 
-def _series(session: Session, study: StudyRecord, attrs: dict[str, object]) -> SeriesRecord:
-    uid = str(attrs["series_instance_uid"])
-    series = session.scalars(
-        select(SeriesRecord).where(SeriesRecord.series_instance_uid == uid)
-    ).one_or_none()
-    if series is None:
-        series = SeriesRecord(
-            study_id=study.id,
-            series_instance_uid=uid,
-            modality=attrs.get("modality"),
-            series_number=attrs.get("series_number"),
-            series_description=attrs.get("series_description"),
-            body_part_examined=attrs.get("body_part_examined"),
-            frame_of_reference_uid=attrs.get("frame_of_reference_uid"),
+def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> dict[str, int]:
+    firsts = {r["study_instance_uid"]: r for r in reversed(rows)}
+    ids: dict[str, int] = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(StudyRecord.study_instance_uid, StudyRecord.id).where(
+                StudyRecord.study_instance_uid.in_(firsts)
+            )
+        ).all()
+    )
+    if ids:
+        # A new instance (re)opens a study: stable again only after a quiet period.
+        session.execute(
+            update(StudyRecord)
+            .where(StudyRecord.id.in_(ids.values()))
+            .values(last_received_at=now, state=StudyState.RECEIVING, stable_at=None)
         )
-        session.add(series)
-        session.flush()
-    return series
+    missing = [
+        {
+            "study_instance_uid": uid,
+            "study_date": r["study_date"],
+            "study_description": r["study_description"],
+            "calling_ae": r["calling_ae"],
+            "state": StudyState.RECEIVING,
+            "first_received_at": now,
+            "last_received_at": now,
+        }
+        for uid, r in firsts.items()
+        if uid not in ids
+    ]
+    if missing:
+        inserted = session.execute(
+            insert(StudyRecord).returning(StudyRecord.study_instance_uid, StudyRecord.id), missing
+        )
+        ids.update(dict(inserted.all()))  # type: ignore[arg-type]
+    return ids
 
 
+def _series_ids(
+    session: Session, rows: list[dict[str, Any]], study_ids: dict[str, int]
+) -> dict[str, int]:
+    firsts = {r["series_instance_uid"]: r for r in reversed(rows)}
+    ids: dict[str, int] = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(SeriesRecord.series_instance_uid, SeriesRecord.id).where(
+                SeriesRecord.series_instance_uid.in_(firsts)
+            )
+        ).all()
+    )
+    missing = [
+        {"series_instance_uid": uid, "study_id": study_ids[r["study_instance_uid"]]}
+        | {field: r[field] for field in _SERIES_FIELDS}
+        for uid, r in firsts.items()
+        if uid not in ids
+    ]
+    if missing:
+        inserted = session.execute(
+            insert(SeriesRecord).returning(SeriesRecord.series_instance_uid, SeriesRecord.id),
+            missing,
+        )
+        ids.update(dict(inserted.all()))  # type: ignore[arg-type]
+    return ids
+
+
+_SERIES_FIELDS = (
+    "modality", "series_number", "series_description", "body_part_examined",
+    "frame_of_reference_uid",
+)  # fmt: skip
 _INSTANCE_FIELDS = (
-    "sop_class_uid", "transfer_syntax_uid", "instance_number", "image_type",
-    "view_position", "laterality", "image_plane", "rows", "columns", "number_of_frames",
-    "size_bytes", "sha256", "path", "calling_ae", "association_id",
+    "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "instance_number",
+    "image_type", "view_position", "laterality", "image_plane", "rows", "columns",
+    "number_of_frames", "size_bytes", "sha256", "path", "calling_ae", "association_id",
 )  # fmt: skip
 
 
-def record_instance(session: Session, attrs: dict[str, object], now: datetime) -> InstanceRecord:
-    """Insert or update the instance row and its study and series (no commit).
+def record_instances(
+    session: Session, rows: list[dict[str, Any]], replaced: set[str], now: datetime
+) -> None:
+    """Insert (or, for UIDs in ``replaced``, update) instance rows with their studies
+    and series, in a few statements per batch (no commit).
 
-    ``attrs`` holds the :class:`~dicomnode.receive.inspect.InstanceInfo` fields plus
+    Each row holds the :class:`~dicomnode.receive.inspect.InstanceInfo` fields plus
     ``size_bytes``, ``sha256``, ``path``, ``calling_ae`` and ``association_id``.
     """
-    study = _study(session, attrs, now)
-    series = _series(session, study, attrs)
-    instance = find_instance(session, str(attrs["sop_instance_uid"]))
-    if instance is None:
-        instance = InstanceRecord(sop_instance_uid=attrs["sop_instance_uid"], series_id=series.id)
-        session.add(instance)
-    for field in _INSTANCE_FIELDS:
-        setattr(instance, field, attrs.get(field))
-    instance.series_id = series.id
-    instance.received_at = now
-    return instance
+    if not rows:
+        return
+    series_ids = _series_ids(session, rows, _study_ids(session, rows, now))
+    values = [
+        {field: r[field] for field in _INSTANCE_FIELDS}
+        | {"series_id": series_ids[r["series_instance_uid"]], "received_at": now}
+        for r in rows
+    ]
+    new = [v for v in values if v["sop_instance_uid"] not in replaced]
+    if new:
+        session.execute(insert(InstanceRecord), new)
+    for value in values:
+        if value["sop_instance_uid"] in replaced:
+            session.execute(
+                update(InstanceRecord)
+                .where(InstanceRecord.sop_instance_uid == value["sop_instance_uid"])
+                .values(**value)
+            )
 
 
 def open_association(

@@ -111,6 +111,7 @@ def handle_established(event: Any, session_factory: sessionmaker[Session]) -> No
     except Exception:
         logger.exception("association not recorded", extra={"action": "association_record_failed"})
         assoc_id = None
+        setattr(assoc, _ASSOC_ID, None)
     logger.info(
         "association accepted",
         extra={"action": "association_accepted", "association_id": assoc_id, **_peer(assoc)},
@@ -119,14 +120,18 @@ def handle_established(event: Any, session_factory: sessionmaker[Session]) -> No
 
 def _ended(event: Any, session_factory: sessionmaker[Session], reason: str) -> None:
     assoc = event.assoc
-    assoc_id = getattr(assoc, _ASSOC_ID, None)
+    if not hasattr(assoc, _ASSOC_ID):
+        return  # never established (a port probe, a rejected request): nothing to record
+    assoc_id = getattr(assoc, _ASSOC_ID)
     count = getattr(assoc, _COUNT, 0)
     if assoc_id is not None:
         try:
             with session_factory() as session:
                 close_association(session, assoc_id, reason, count, utc_now())
         except Exception:
-            logger.exception("association end not recorded", extra={"action": "association_record_failed"})
+            logger.exception(
+                "association end not recorded", extra={"action": "association_record_failed"}
+            )
     logger.info(
         f"association {reason}",
         extra={

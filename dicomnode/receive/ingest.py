@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import DatasetMismatchError, InvalidDatasetError, StorageError
-from dicomnode.index.queries import find_instance, record_instance
+from dicomnode.index.queries import find_instances, record_instances
 from dicomnode.index.schema import utc_now
 from dicomnode.receive.inspect import InstanceInfo, inspect_instance, is_valid_uid
 from dicomnode.receive.spool import SpoolFile
@@ -232,13 +232,25 @@ class Ingest:
 
     def _commit(self, batch: list[_Request]) -> list[Outcome]:
         undo = _Undo()
-        outcomes: list[Outcome] = []
         dirs: set[Path] = set()
+        rows: list[dict[str, object]] = []
+        replaced: set[str] = set()
+        outcomes: list[Outcome] = []
         now = utc_now()
         with self.session_factory() as session:
             try:
+                known = find_instances(session, (r.info.sop_instance_uid for r in batch))
                 for request in batch:
-                    outcomes.append(self._place(session, request, undo, dirs, now))
+                    outcome = self._place(request, known, undo, dirs)
+                    outcomes.append(outcome)
+                    if outcome is Outcome.DUPLICATE:
+                        continue
+                    if outcome is Outcome.REPLACED:
+                        replaced.add(request.info.sop_instance_uid)
+                    rows.append(self._row(request))
+                    # A later copy in this batch must compare with this one.
+                    known[request.info.sop_instance_uid] = (request.spool.sha256, rows[-1]["path"])  # type: ignore[assignment]
+                record_instances(session, rows, replaced, now)  # type: ignore[arg-type]
                 for folder in dirs:
                     fsync_dir(folder)
                 session.commit()
@@ -252,19 +264,23 @@ class Ingest:
         return outcomes
 
     def _place(
-        self, session: Session, request: _Request, undo: _Undo, dirs: set[Path], now: object
+        self,
+        request: _Request,
+        known: dict[str, tuple[str, str]],
+        undo: _Undo,
+        dirs: set[Path],
     ) -> Outcome:
+        """Rename the spooled file into place (moving an older copy aside)."""
         info = request.info
-        relpath = instance_relpath(info)
-        final = self.data_dir / relpath
-        existing = find_instance(session, info.sop_instance_uid)
+        final = self.data_dir / instance_relpath(info)
         outcome = Outcome.STORED
-        if existing is not None:
-            if existing.sha256 == request.spool.sha256 and (self.data_dir / existing.path).exists():
+        if info.sop_instance_uid in known:
+            sha, path = known[info.sop_instance_uid]
+            old = self.data_dir / path
+            if sha == request.spool.sha256 and old.exists():
                 return Outcome.DUPLICATE
-            old = self.data_dir / existing.path
             if old.exists():
-                kept = self.data_dir / "superseded" / f"{info.sop_instance_uid}.{existing.sha256[:16]}.dcm"
+                kept = self.data_dir / "superseded" / f"{info.sop_instance_uid}.{sha[:16]}.dcm"
                 dirs |= _make_dirs(kept.parent, self.data_dir)
                 os.replace(old, kept)
                 undo.moved.append((old, kept))
@@ -273,16 +289,16 @@ class Ingest:
         dirs |= _make_dirs(final.parent, self.data_dir)
         os.replace(request.spool.name, final)
         undo.moved.append((Path(request.spool.name), final))
-        attrs = asdict(info) | {
+        return outcome
+
+    def _row(self, request: _Request) -> dict[str, object]:
+        return asdict(request.info) | {
             "size_bytes": request.spool.size,
             "sha256": request.spool.sha256,
-            "path": relpath.as_posix(),
+            "path": instance_relpath(request.info).as_posix(),
             "calling_ae": request.calling_ae,
             "association_id": request.association_id,
         }
-        record_instance(session, attrs, now)  # type: ignore[arg-type]
-        session.flush()
-        return outcome
 
     def _log(self, request: _Request, outcome: Outcome) -> None:
         info = request.info

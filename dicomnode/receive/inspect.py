@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from dicomnode.errors import InvalidDatasetError
 
@@ -35,7 +35,21 @@ __all__ = ["InstanceInfo", "image_plane", "inspect_instance", "is_valid_uid"]
 #: PS3.5 9.1: digits and dots, at most 64 characters. We accept leading zeros in a
 #: component (seen in the wild) but never empty components, so ".." cannot occur.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"SV",
+    b"UV",
+}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}

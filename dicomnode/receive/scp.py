@@ -37,9 +37,7 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(
-    settings: Settings, ingest: Ingest, session_factory: sessionmaker[Session]
-) -> Any:
+def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[Session]) -> Any:
     """Start serving in background threads; returns pynetdicom's server object."""
     ae = build_ae(settings)
     install_spool(ae, ingest.spool_dir)
@@ -62,6 +60,11 @@ def start_scp(
         )
     logger.info(
         "SCP listening",
-        extra={"action": "scp_listening", "ae_title": settings.node.ae_title, "host": host, "port": port},
+        extra={
+            "action": "scp_listening",
+            "ae_title": settings.node.ae_title,
+            "host": host,
+            "port": port,
+        },
     )
     return server

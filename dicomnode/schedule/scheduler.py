@@ -28,7 +28,9 @@ def _safe_find_stable(session_factory: sessionmaker[Session], quiet: float) -> N
         logger.exception("stable-study scan failed", extra={"action": "stable_scan_failed"})
 
 
-def build_scheduler(settings: Settings, session_factory: sessionmaker[Session]) -> BackgroundScheduler:
+def build_scheduler(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> BackgroundScheduler:
     """A scheduler (not started) with the node's periodic jobs."""
     scheduler = BackgroundScheduler(timezone="UTC")
     quiet = settings.node.study_quiet_seconds

@@ -64,7 +64,9 @@ def echo_peer(peer: PeerSettings, calling_ae: str) -> int:
     ae.add_requested_context(Verification)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
-        raise SendError(f"cannot associate with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})")
+        raise SendError(
+            f"cannot associate with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+        )
     try:
         status = assoc.send_c_echo()
     finally:
