@@ -194,7 +194,8 @@ class Settings(BaseSettings):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
-        for entry in (*self.routes, *self.pipelines):
+        entries: list[RouteSettings | PipelineSettings] = [*self.routes, *self.pipelines]
+        for entry in entries:
             for target in entry.send_to:
                 if target not in peer_names:
                     raise ValueError(f"{entry.name}: send_to names unknown peer {target!r}")

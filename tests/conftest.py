@@ -35,3 +35,19 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
     # Readable in the server log; the counter keeps it unique (63-byte identifier limit).
     label = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
     return postgres_server.create_database(f"t{next(_database_numbers)}_{label}")
+
+
+#: Set to 1 (as CI does) to stop the run when a real peer the tests use is missing.
+REQUIRE_TOOLS_ENV = "DICOMNODE_REQUIRE_TOOLS"
+_TOOLS = ("storescu", "echoscu", "storescp", "dciodvfy", "sqlite3")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With DICOMNODE_REQUIRE_TOOLS=1 a missing tool fails the run instead of skipping."""
+    import shutil
+
+    if os.environ.get(REQUIRE_TOOLS_ENV) != "1":
+        return
+    missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(f"{REQUIRE_TOOLS_ENV}=1 but not installed: {', '.join(missing)}")

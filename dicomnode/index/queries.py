@@ -44,7 +44,7 @@ def find_instances(
 def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> dict[str, int]:
     firsts = {r["study_instance_uid"]: r for r in reversed(rows)}
     ids: dict[str, int] = dict(
-        session.execute(  # type: ignore[arg-type]
+        session.execute(
             select(StudyRecord.study_instance_uid, StudyRecord.id).where(
                 StudyRecord.study_instance_uid.in_(firsts)
             )
@@ -74,7 +74,7 @@ def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> d
         inserted = session.execute(
             insert(StudyRecord).returning(StudyRecord.study_instance_uid, StudyRecord.id), missing
         )
-        ids.update(dict(inserted.all()))  # type: ignore[arg-type]
+        ids.update(dict(inserted.all()))
     return ids
 
 
@@ -83,7 +83,7 @@ def _series_ids(
 ) -> dict[str, int]:
     firsts = {r["series_instance_uid"]: r for r in reversed(rows)}
     ids: dict[str, int] = dict(
-        session.execute(  # type: ignore[arg-type]
+        session.execute(
             select(SeriesRecord.series_instance_uid, SeriesRecord.id).where(
                 SeriesRecord.series_instance_uid.in_(firsts)
             )
@@ -100,7 +100,7 @@ def _series_ids(
             insert(SeriesRecord).returning(SeriesRecord.series_instance_uid, SeriesRecord.id),
             missing,
         )
-        ids.update(dict(inserted.all()))  # type: ignore[arg-type]
+        ids.update(dict(inserted.all()))
     return ids
 
 

@@ -24,6 +24,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -233,7 +234,7 @@ class Ingest:
     def _commit(self, batch: list[_Request]) -> list[Outcome]:
         undo = _Undo()
         dirs: set[Path] = set()
-        rows: list[dict[str, object]] = []
+        rows: list[dict[str, Any]] = []
         replaced: set[str] = set()
         outcomes: list[Outcome] = []
         now = utc_now()
@@ -247,10 +248,11 @@ class Ingest:
                         continue
                     if outcome is Outcome.REPLACED:
                         replaced.add(request.info.sop_instance_uid)
-                    rows.append(self._row(request))
+                    row = self._row(request)
+                    rows.append(row)
                     # A later copy in this batch must compare with this one.
-                    known[request.info.sop_instance_uid] = (request.spool.sha256, rows[-1]["path"])  # type: ignore[assignment]
-                record_instances(session, rows, replaced, now)  # type: ignore[arg-type]
+                    known[request.info.sop_instance_uid] = (request.spool.sha256, row["path"])
+                record_instances(session, rows, replaced, now)
                 for folder in dirs:
                     fsync_dir(folder)
                 session.commit()
@@ -291,7 +293,7 @@ class Ingest:
         undo.moved.append((Path(request.spool.name), final))
         return outcome
 
-    def _row(self, request: _Request) -> dict[str, object]:
+    def _row(self, request: _Request) -> dict[str, Any]:
         return asdict(request.info) | {
             "size_bytes": request.spool.size,
             "sha256": request.spool.sha256,

@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ _KEYWORDS = (
     "ImageLaterality", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
     "Rows", "Columns", "BitsAllocated",
 )  # fmt: skip
-_WANTED = {tag_for_keyword(k): (k, dictionary_VR(k)) for k in _KEYWORDS}
+_WANTED = {int(tag_for_keyword(k) or 0): (k, dictionary_VR(k)) for k in _KEYWORDS}
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "PN", "UC", "UT"}
 
 
@@ -165,7 +166,16 @@ class _Walker:
                         self.values[tag] = bytes(self.buf[self.pos : self.pos + length])
                     elif tag in _PIXEL_TAGS:
                         self.pixel_length = length
-                self._skip(length, tag)
+                if vr == b"SQ" or (not vr and _is_sequence(tag)):
+                    # Walk defined-length sequences too: depth matters to every
+                    # later reader (pydicom recurses once per level).
+                    end = self.pos + length
+                    if end > self.size:
+                        self._skip(length, tag)
+                    self._walk_items(depth, end)
+                    self.pos = end
+                else:
+                    self._skip(length, tag)
             elif tag in _PIXEL_TAGS:
                 if depth == 0:
                     self.pixel_length = None
@@ -183,8 +193,9 @@ class _Walker:
             raise self._fail("an element runs past the end of its item")
         return None
 
-    def _walk_items(self, depth: int) -> None:
-        while True:
+    def _walk_items(self, depth: int, end: int | None = None) -> None:
+        """Walk the items of a sequence: up to ``end``, or to its delimiter."""
+        while end is None or self.pos < end:
             header = self._header()
             if header is None:
                 raise self._fail("sequence not terminated")
@@ -197,11 +208,11 @@ class _Walker:
                 if self.walk(self.size, depth + 1) != _ITEM_END:
                     raise self._fail("item not terminated")
                 continue
-            end = self.pos + length
-            if end > self.size:
-                raise self._fail("item runs past the end of the data")
-            self.walk(end, depth + 1)
-            self.pos = end
+            item_end = self.pos + length
+            if item_end > (self.size if end is None else end):
+                raise self._fail("item runs past the end of its sequence")
+            self.walk(item_end, depth + 1)
+            self.pos = item_end
 
     def _walk_fragments(self) -> None:
         while True:
@@ -214,6 +225,15 @@ class _Walker:
             if tag != _ITEM or length == _UNDEFINED:
                 raise self._fail("bad Pixel Data fragment")
             self._skip(length, tag)
+
+
+@lru_cache(maxsize=4096)
+def _is_sequence(tag: int) -> bool:
+    """Whether the data dictionary says ``tag`` is a sequence (for implicit VR)."""
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return False
 
 
 def _dataset_offset(buf: mmap.mmap | bytes) -> tuple[int, str]:
@@ -245,7 +265,7 @@ def _mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
             yield buf
 
 
-def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path) -> Path:
+def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path, limit: int) -> Path:
     """Inflate a deflated dataset into a bare explicit VR LE dataset, with a size cap."""
     fd, name = tempfile.mkstemp(suffix=".inflated", dir=folder)
     out = Path(name)
@@ -257,7 +277,7 @@ def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path) -> Path:
                 data = inflater.decompress(buf[offset : offset + (1 << 20)], 1 << 24)
                 while True:
                     total += len(data)
-                    if total > MAX_INFLATED_BYTES:
+                    if total > limit:
                         raise InvalidDatasetError("deflated dataset inflates past the size limit")
                     dst.write(data)
                     if not inflater.unconsumed_tail:
@@ -273,7 +293,9 @@ def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path) -> Path:
     return out
 
 
-def inspect_instance(path: Path, scratch: Path) -> InstanceInfo:
+def inspect_instance(
+    path: Path, scratch: Path, max_inflated: int = MAX_INFLATED_BYTES
+) -> InstanceInfo:
     """Validate a received Part 10 file and read its index attributes.
 
     Parameters
@@ -282,6 +304,8 @@ def inspect_instance(path: Path, scratch: Path) -> InstanceInfo:
         The spooled file (File Meta written by pynetdicom, dataset as received).
     scratch
         A folder for inflating deflated datasets (same filesystem as ``path``).
+    max_inflated
+        The most bytes a deflated dataset may inflate to.
 
     Raises
     ------
@@ -291,7 +315,7 @@ def inspect_instance(path: Path, scratch: Path) -> InstanceInfo:
     with _mapped(path) as buf:
         start, syntax = _dataset_offset(buf)
         if syntax == DeflatedExplicitVRLittleEndian:
-            inflated = _inflate(buf, start, scratch)
+            inflated = _inflate(buf, start, scratch, max_inflated)
             try:
                 with _mapped(inflated) as plain:
                     walker = _walk(plain, 0, UID(ExplicitVRLittleEndian))
@@ -319,7 +343,7 @@ def _walk(buf: mmap.mmap | bytes, start: int, syntax: UID) -> _Walker:
 def _decode(walker: _Walker) -> dict[str, object]:
     """Turn the raw top-level values into Python values (text, ints, floats)."""
     out: dict[str, object] = {}
-    charset = walker.values.get(tag_for_keyword("SpecificCharacterSet"), b"")
+    charset = walker.values.get(0x00080005, b"")  # Specific Character Set
     encodings = convert_encodings(
         [v for v in charset.decode("ascii", "replace").strip(" \0").split("\\") if v] or [""]
     )

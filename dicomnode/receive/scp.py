@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
@@ -24,7 +24,8 @@ def build_ae(settings: Settings) -> AE:
     node = settings.node
     ae = AE(ae_title=node.ae_title)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     # A larger maximum PDU means fewer PDUs per instance (+7-17 % measured here).
     ae.maximum_pdu_size = node.maximum_pdu_size
@@ -41,7 +42,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
     """Start serving in background threads; returns pynetdicom's server object."""
     ae = build_ae(settings)
     install_spool(ae, ingest.spool_dir)
-    event_handlers = [
+    event_handlers: list[Any] = [
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [session_factory]),
@@ -52,6 +53,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
     server = ae.start_server(
         (settings.node.host, settings.node.port), block=False, evt_handlers=event_handlers
     )
+    assert server is not None  # block=False always returns the server
     host, port = server.server_address[:2]
     if not settings.node.allowed_calling_aets:
         logger.warning(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,6 @@ class SpoolFile:
         self._hash = hashlib.sha256()
         self.file = self  # pynetdicom calls ``self._data_set_file.file.flush()``
         # mkstemp gives a unique name with O_EXCL, mode 0600.
-        import tempfile
-
         fd, name = tempfile.mkstemp(suffix=".part", dir=folder)
         self._fd = fd
         self.name = name
@@ -117,7 +116,7 @@ def _spool_factory(*args: Any, **kwargs: Any) -> Any:
     return spool
 
 
-_original_factory = dimse_messages.NamedTemporaryFile
+_original_factory = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
 
 
 def install_spool(ae: Any, folder: Path) -> None:
@@ -127,7 +126,7 @@ def install_spool(ae: Any, folder: Path) -> None:
     setattr(ae, _OPEN_ATTR, {})
     with _install_lock:
         _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = _spool_factory
+        dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[attr-defined]
 
 
 def spool_dir_of(ae: Any) -> Path | None:
