@@ -40,6 +40,8 @@ __all__ = ["Ingest", "Outcome", "instance_relpath"]
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 128
+#: How long a handler waits for its index commit before answering 0xA700.
+COMMIT_TIMEOUT_S = 45.0
 
 
 class Outcome(enum.StrEnum):
@@ -175,7 +177,13 @@ class Ingest:
             raise
         request = _Request(spool, info, calling_ae, association_id)
         self._queue.put(request)
-        return request.future.result()
+        try:
+            return request.future.result(timeout=COMMIT_TIMEOUT_S)
+        except TimeoutError as exc:
+            # The database is stuck (locked, unreachable): answer 0xA700 while the
+            # sender still listens. Should the commit land later, a resend is a
+            # duplicate and succeeds.
+            raise StorageError("index commit timed out", info.sop_instance_uid) from exc
 
     # -- writer thread --------------------------------------------------------------
 

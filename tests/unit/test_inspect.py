@@ -90,7 +90,7 @@ def test_pixel_data_cut_short_is_refused(tmp_path: Path) -> None:
 
 def test_pixel_data_shorter_than_rows_times_columns_is_refused(tmp_path: Path) -> None:
     data = encode(short_pixel_data(small_ct(rows=32, columns=32)))
-    with pytest.raises(InvalidDatasetError, match="Pixel Data has 1024 bytes.*needs 2048"):
+    with pytest.raises(InvalidDatasetError, match=r"Pixel Data has 1024 bytes.*needs 2048"):
         inspect_instance(write(tmp_path, data), tmp_path)
 
 
