@@ -80,7 +80,8 @@ def test_send_exits_non_zero_with_the_count_of_failures(node: NodeProcess, tmp_p
 
 def test_send_uses_a_peer_named_in_settings(node: NodeProcess, tmp_path: Path) -> None:
     (tmp_path / "settings.toml").write_text(
-        f"[[peers]]\nname = 'here'\nae_title = 'DICOMNODE'\nhost = '127.0.0.1'\nport = {node.port}\n"
+        "[[peers]]\nname = 'here'\nae_title = 'DICOMNODE'\n"
+        f"host = '127.0.0.1'\nport = {node.port}\n"
     )
     ct = get_testdata_file("CT_small.dcm", download=False)
     assert ct is not None
