@@ -67,29 +67,56 @@ def _logging(ctx: click.Context, settings: Settings | None = None, to_file: bool
 @cli.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:
-    """Run the node: SCP + scheduler in one process (workers arrive in a later release)."""
+    """Run everything on this machine: SCP, scheduler and supervised workers."""
     settings = _settings(ctx)
     _logging(ctx, settings, to_file=True)
-    _serve(settings)
+    _serve(settings, ctx, with_workers=True)
 
 
-def _serve(settings: Settings) -> None:
-    from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
-    from dicomnode.receive.ingest import Ingest
-    from dicomnode.receive.scp import start_scp
-    from dicomnode.schedule.scheduler import build_scheduler
+@cli.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the SCP and the scheduler only; workers run elsewhere (`dicomnode worker`)."""
+    settings = _settings(ctx)
+    _logging(ctx, settings, to_file=True)
+    _serve(settings, ctx, with_workers=False)
 
+
+def _check_models(settings: Settings) -> None:
+    from dicomnode.models.registry import available_models
+
+    installed = available_models()
+    for pipeline in settings.pipelines:
+        if pipeline.model not in installed:
+            raise click.ClickException(
+                f"bad configuration: pipeline {pipeline.name!r} names unknown model "
+                f"{pipeline.model!r} (installed: {', '.join(installed)})"
+            )
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
-        logger.info(
-            "stopping", extra={"action": "node_stopping", "signal": signal.Signals(signum).name}
-        )
+        name = signal.Signals(signum).name
+        logger.info("stopping", extra={"action": "node_stopping", "signal": name})
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    return stop
 
+
+def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
+    from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
+    from dicomnode.receive.ingest import Ingest
+    from dicomnode.receive.scp import start_scp
+    from dicomnode.schedule.scheduler import build_scheduler
+    from dicomnode.worker.supervisor import Supervisor
+
+    _check_models(settings)
+    stop = _stop_event()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -99,15 +126,29 @@ def _serve(settings: Settings) -> None:
     server = start_scp(settings, ingest, session_factory)
     scheduler = build_scheduler(settings, session_factory)
     scheduler.start()
+    count = settings.worker.count if with_workers else 0
+    level, style = ctx.obj["log"]
+    log_args = ["--log-level", level, *(["--log-json"] if style == "json" else [])]
+    supervisor = Supervisor(count, ctx.obj.get("config"), log_args)
+    supervisor.start()
     logger.info(
         "node ready",
-        extra={"action": "node_ready", "data_dir": str(settings.data_dir), "version": __version__},
-    )
-    while not stop.wait(0.5):
-        pass
+        extra={"action": "node_ready", "data_dir": str(settings.data_dir),
+               "workers": count, "version": __version__},
+    )  # fmt: skip
+    stop.wait()
     # Stop accepting, let running associations finish (bounded), then drain the writer.
     server.shutdown()
-    deadline = time.monotonic() + 30
+    _wait_for_associations(server)
+    scheduler.shutdown(wait=True)
+    supervisor.stop()
+    ingest.stop()
+    engine.dispose()
+    logger.info("node stopped", extra={"action": "node_stopped"})
+
+
+def _wait_for_associations(server: Any, grace: float = 30.0) -> None:
+    deadline = time.monotonic() + grace
     # Rejected or never-negotiated sockets linger until pynetdicom's ARTIM timer;
     # only established associations are worth waiting for.
     while time.monotonic() < deadline and any(
@@ -116,10 +157,35 @@ def _serve(settings: Settings) -> None:
         time.sleep(0.1)
     for assoc in server.active_associations:
         assoc.abort()
-    scheduler.shutdown(wait=True)
-    ingest.stop()
+
+
+@cli.command()
+@click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
+@click.option(
+    "--supervised", is_flag=True, hidden=True, help="Started by `run`: log to stderr only."
+)
+@click.pass_context
+def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
+    """Run one worker: claim jobs from the shared database and run their pipelines."""
+    settings = _settings(ctx)
+    # Under `run` the node's stderr (and its log file) carries our records.
+    _logging(ctx, settings, to_file=not supervised)
+    from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
+    from dicomnode.worker.runner import Worker
+
+    _check_models(settings)
+    upgrade_database(settings.database_url)
+    engine = make_engine(settings.database_url)
+    runner = Worker(settings, make_session_factory(engine))
+    stop = _stop_event()
+
+    def _relay() -> None:
+        stop.wait()
+        runner.stop.set()
+
+    threading.Thread(target=_relay, daemon=True).start()
+    runner.run(max_jobs)
     engine.dispose()
-    logger.info("node stopped", extra={"action": "node_stopped"})
 
 
 # -- db -------------------------------------------------------------------------------
@@ -252,6 +318,119 @@ def studies(ctx: click.Context, limit: int) -> None:
             row.last_received_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     Console(width=200).print(table)
+
+
+# -- jobs, models, rules ---------------------------------------------------------------
+
+
+def _session_factory(settings: Settings) -> Any:
+    from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
+
+    upgrade_database(settings.database_url)
+    return make_session_factory(make_engine(settings.database_url))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--limit", default=50, show_default=True, help="Most recent jobs to show.")
+@click.option("--state", default=None, help="Only jobs in this state (queued, running, ...).")
+@click.pass_context
+def jobs(ctx: click.Context, limit: int, state: str | None) -> None:
+    """List jobs with their state, timings and errors."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings(ctx.find_root())
+    _logging(ctx.find_root())
+    from dicomnode.index.jobs import list_jobs
+    from dicomnode.index.schema import JobState
+
+    try:
+        wanted = JobState(state) if state else None
+    except ValueError:
+        raise click.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
+    with _session_factory(settings)() as session:
+        rows = list_jobs(session, limit, wanted)
+    table = Table(
+        "ID",
+        "Study Instance UID",
+        "Pipeline",
+        "State",
+        "Tries",
+        "Created",
+        "Seconds",
+        "Error / result",
+    )
+    for row in rows:
+        seconds = " ".join(f"{k}={v:g}" for k, v in row.timings.items())
+        detail = row.error or row.result or ""
+        table.add_row(
+            str(row.id), row.study_instance_uid, row.pipeline, row.state,
+            f"{row.attempts}/{row.max_attempts}", row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            seconds, detail[:80],
+        )  # fmt: skip
+    Console(width=220).print(table)
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_id: int) -> None:
+    """Queue JOB_ID again now (a failed, dead, done or not-applicable job)."""
+    settings = _settings(ctx.find_root())
+    _logging(ctx.find_root())
+    from dicomnode.index.jobs import retry_job
+
+    with _session_factory(settings)() as session:
+        if not retry_job(session, job_id):
+            raise click.ClickException(f"job {job_id} does not exist or is running")
+    click.echo(f"job {job_id} queued")
+
+
+@cli.command()
+def models() -> None:
+    """List the models this installation can run."""
+    from dicomnode.models.registry import available_models, load_model
+
+    for name in available_models():
+        model = load_model(name)
+        click.echo(
+            f"{name}\t{model.version}\t{(type(model).__doc__ or '').strip().splitlines()[0]}"
+        )
+
+
+@cli.group()
+def rules() -> None:
+    """Check routing and pipeline rules."""
+
+
+@rules.command("test")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--calling-ae", default=None, help="Calling AE title to assume (CallingAETitle).")
+@click.pass_context
+def rules_test(ctx: click.Context, files: tuple[Path, ...], calling_ae: str | None) -> None:
+    """Show which pipelines and routes these files would trigger, and why."""
+    settings = _settings(ctx.find_root())
+    from pydicom import dcmread
+
+    from dicomnode.schedule.plan import compile_plan
+    from dicomnode.schedule.rules import attributes_from_dataset
+    from dicomnode.send.scu import collect_files
+
+    plan = compile_plan(settings)
+    entries = [("pipeline", p.name, m) for p, m in plan.pipelines]
+    entries += [("route", r.name, m) for r, m in plan.routes]
+    if not entries:
+        click.echo("no pipelines or routes configured")
+        return
+    for path in collect_files(files):
+        ds = dcmread(path, stop_before_pixels=True)
+        attrs = attributes_from_dataset(ds, calling_ae=calling_ae)
+        click.echo(f"{path}:")
+        for kind, name, match in entries:
+            result = match.evaluate(attrs)
+            verdict = "MATCH" if result.matched else "no match"
+            click.echo(f"  {kind} {name}: {verdict}")
+            for line in result.explain().splitlines():
+                click.echo(f"    {line}")
 
 
 def main() -> None:

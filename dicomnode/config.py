@@ -28,12 +28,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from pydicom.datadict import keyword_dict
 
 from dicomnode.errors import ConfigError
 
 __all__ = [
-    "DERIVED_MATCH_KEYS",
     "NodeSettings",
     "PeerSettings",
     "PipelineSettings",
@@ -43,9 +41,6 @@ __all__ = [
     "WorkerSettings",
     "load_settings",
 ]
-
-#: Match keys that are not DICOM keywords but derived by the node (SPEC §3).
-DERIVED_MATCH_KEYS = frozenset({"CallingAETitle", "ImagePlane"})
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -73,6 +68,8 @@ class NodeSettings(_Section):
     database_url: str = ""
     allowed_calling_aets: tuple[str, ...] = ()
     study_quiet_seconds: Annotated[float, Field(gt=0)] = 10
+    #: A study still receiving this long after its first instance is made stable anyway.
+    study_force_complete_seconds: Annotated[float, Field(gt=0)] = 3600
     maximum_pdu_size: Annotated[int, Field(ge=0)] = 262144
     maximum_associations: Annotated[int, Field(ge=1)] = 32
 
@@ -89,6 +86,15 @@ class WorkerSettings(_Section):
 
     count: Annotated[int, Field(ge=0)] = 1
     device: str = "auto"
+    #: A job running longer than this fails (and its worker process is replaced).
+    job_timeout_seconds: Annotated[float, Field(gt=0)] = 3600
+    #: A worker holds a job for this long between heartbeats (every third of it).
+    lease_seconds: Annotated[float, Field(gt=0)] = 30
+    #: Attempts before a failing job is dead; retries back off exponentially.
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 5
+    #: How often an idle worker looks for a job.
+    poll_seconds: Annotated[float, Field(gt=0)] = 0.2
 
     @field_validator("device")
     @classmethod
@@ -117,17 +123,10 @@ class PeerSettings(_Section):
 
 
 def _check_match(match: dict[str, MatchValue]) -> dict[str, MatchValue]:
-    for key, value in match.items():
-        if key not in keyword_dict and key not in DERIVED_MATCH_KEYS:
-            raise ValueError(f"match key {key!r} is not a DICOM keyword or a derived key")
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and item.startswith("re:"):
-                try:
-                    re.compile(item[3:])
-                except re.error as exc:
-                    raise ValueError(
-                        f"match {key}: bad regular expression {item!r}: {exc}"
-                    ) from exc
+    # The rule language lives in one place; compiling it here stops a bad rule at start.
+    from dicomnode.schedule.rules import compile_match
+
+    compile_match(match)
     return match
 
 
@@ -148,6 +147,10 @@ class PipelineSettings(_Section):
     match: dict[str, MatchValue] = Field(default_factory=dict)
     model: Annotated[str, Field(min_length=1)]
     send_to: tuple[str, ...] = ()
+    #: Higher runs first.
+    priority: int = 0
+    #: Passed to the model as keyword options.
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     _match = field_validator("match")(classmethod(lambda cls, v: _check_match(v)))
 

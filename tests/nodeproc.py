@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from dicomnode.index.db import make_engine, make_session_factory
 from dicomnode.index.schema import InstanceRecord
 
-__all__ = ["NodeProcess", "free_port", "wait_for_echo"]
+__all__ = ["NodeProcess", "WorkerProcess", "free_port", "wait_for_echo"]
 
 
 def free_port() -> int:
@@ -70,8 +70,16 @@ def _toml(value: Any) -> str:
 class NodeProcess:
     """A ``dicomnode run`` subprocess with its own settings file and data folder."""
 
-    def __init__(self, folder: Path, data_dir: Path | None = None, **node: Any) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        data_dir: Path | None = None,
+        command: str = "run",
+        extra_toml: str = "",
+        **node: Any,
+    ) -> None:
         self.folder = folder
+        self.command = command
         folder.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or folder / "var"
         self.port = int(node.pop("port", 0)) or free_port()
@@ -79,9 +87,12 @@ class NodeProcess:
         allowed = list(node.get("allowed_calling_aets", []))
         self.probe_ae = allowed[0] if allowed else "TESTPROBE"
         values = {"port": self.port, "data_dir": str(self.data_dir), **node}
+        self.database_url = str(
+            node.get("database_url") or f"sqlite:///{self.data_dir / 'dicomnode.sqlite'}"
+        )
         lines = ["[node]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
         self.config = folder / "settings.toml"
-        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.config.write_text("\n".join(lines) + "\n" + extra_toml, encoding="utf-8")
         self.log = folder / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,7 +102,7 @@ class NodeProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dicomnode", "--config", str(self.config),
-                 "--log-level", log_level, "run"],
+                 "--log-level", log_level, self.command],
                 stdout=log, stderr=log, env=env, cwd=self.folder,
             )  # fmt: skip
         try:
@@ -131,8 +142,8 @@ class NodeProcess:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session on the node's SQLite index (read it as another process would)."""
-        engine = make_engine(f"sqlite:///{self.data_dir / 'dicomnode.sqlite'}")
+        """A session on the node's index (read it as another process would)."""
+        engine = make_engine(self.database_url)
         try:
             with make_session_factory(engine)() as session:
                 yield session
@@ -147,3 +158,37 @@ class NodeProcess:
     def stored_files(self) -> list[Path]:
         """Every file under ``data_dir/instances``."""
         return sorted(p for p in (self.data_dir / "instances").rglob("*") if p.is_file())
+
+
+class WorkerProcess:
+    """A ``dicomnode worker`` subprocess using a node's settings file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicomnode", "--config", str(config), "worker"],
+                stdout=out, stderr=out, env=env, cwd=config.parent,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        """What the worker logged."""
+        return self.log.read_text(encoding="utf-8", errors="replace")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.schema import (
@@ -19,13 +19,17 @@ from dicomnode.index.schema import (
 )
 
 __all__ = [
+    "SeriesFiles",
+    "StableStudy",
     "StudySummary",
     "close_association",
+    "find_completed_studies",
     "find_instances",
     "list_studies",
-    "mark_stable_studies",
+    "mark_study_stable",
     "open_association",
     "record_instances",
+    "study_series_files",
 ]
 
 
@@ -52,10 +56,16 @@ def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> d
     )
     if ids:
         # A new instance (re)opens a study: stable again only after a quiet period.
+        reopened = StudyRecord.state == StudyState.STABLE
         session.execute(
             update(StudyRecord)
             .where(StudyRecord.id.in_(ids.values()))
-            .values(last_received_at=now, state=StudyState.RECEIVING, stable_at=None)
+            .values(
+                last_received_at=now,
+                receiving_since=case((reopened, now), else_=StudyRecord.receiving_since),
+                state=StudyState.RECEIVING,
+                stable_at=None,
+            )
         )
     missing = [
         {
@@ -65,6 +75,7 @@ def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> d
             "calling_ae": r["calling_ae"],
             "state": StudyState.RECEIVING,
             "first_received_at": now,
+            "receiving_since": now,
             "last_received_at": now,
         }
         for uid, r in firsts.items()
@@ -168,23 +179,59 @@ def close_association(
     session.commit()
 
 
-def mark_stable_studies(session: Session, cutoff: datetime, now: datetime) -> list[str]:
-    """Mark studies quiet since ``cutoff`` as stable; return their UIDs (commits).
+@dataclass(frozen=True, slots=True)
+class StableStudy:
+    """A study that just became stable, at its new version."""
 
+    id: int
+    study_instance_uid: str
+    version: int
+    forced: bool
+
+
+def _completed(quiet_cutoff: datetime, force_cutoff: datetime) -> Any:
+    return (StudyRecord.state == StudyState.RECEIVING) & (
+        (StudyRecord.last_received_at <= quiet_cutoff)
+        | (StudyRecord.receiving_since <= force_cutoff)
+    )
+
+
+def find_completed_studies(
+    session: Session, quiet_cutoff: datetime, force_cutoff: datetime
+) -> list[int]:
+    """Ids of studies due to become stable.
+
+    A study is due once no instance arrived since ``quiet_cutoff``, or, for one that
+    keeps trickling in, once it has been receiving since before ``force_cutoff``.
     Reads only studies still receiving, through the (state, last_received_at) index,
     so the cost grows with active studies, not with everything stored.
     """
-    uids = list(
-        session.scalars(
-            update(StudyRecord)
-            .where(StudyRecord.state == StudyState.RECEIVING)
-            .where(StudyRecord.last_received_at <= cutoff)
-            .values(state=StudyState.STABLE, stable_at=now)
-            .returning(StudyRecord.study_instance_uid)
-        )
+    return list(
+        session.scalars(select(StudyRecord.id).where(_completed(quiet_cutoff, force_cutoff)))
     )
-    session.commit()
-    return uids
+
+
+def mark_study_stable(
+    session: Session, study_id: int, quiet_cutoff: datetime, force_cutoff: datetime, now: datetime
+) -> StableStudy | None:
+    """Mark one due study stable and bump its version (no commit).
+
+    None when it is no longer due (an instance arrived meanwhile). The caller queues
+    the study's work in the same transaction, so a crash never leaves a stable study
+    without its jobs.
+    """
+    row = session.execute(
+        update(StudyRecord)
+        .where(StudyRecord.id == study_id, _completed(quiet_cutoff, force_cutoff))
+        .values(state=StudyState.STABLE, stable_at=now, version=StudyRecord.version + 1)
+        .returning(
+            StudyRecord.study_instance_uid, StudyRecord.version, StudyRecord.last_received_at
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    forced = row.last_received_at > quiet_cutoff
+    return StableStudy(study_id, row.study_instance_uid, row.version, forced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,3 +283,40 @@ def list_studies(session: Session, limit: int = 100) -> list[StudySummary]:
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFiles:
+    """A series of a study and its instance files (relative to ``data_dir``)."""
+
+    series_instance_uid: str
+    modality: str | None
+    series_description: str | None
+    paths: tuple[str, ...]
+
+
+def study_series_files(session: Session, study_id: int) -> list[SeriesFiles]:
+    """Every series of a study with its files, instances in Instance Number order."""
+    rows = session.execute(
+        select(
+            SeriesRecord.series_instance_uid,
+            SeriesRecord.modality,
+            SeriesRecord.series_description,
+            InstanceRecord.path,
+        )
+        .join(InstanceRecord, InstanceRecord.series_id == SeriesRecord.id)
+        .where(SeriesRecord.study_id == study_id)
+        .order_by(
+            SeriesRecord.series_number,
+            SeriesRecord.id,
+            InstanceRecord.instance_number,
+            InstanceRecord.id,
+        )
+    ).all()
+    grouped: dict[str, tuple[str | None, str | None, list[str]]] = {}
+    for uid, modality, description, path in rows:
+        grouped.setdefault(uid, (modality, description, []))[2].append(path)
+    return [
+        SeriesFiles(uid, modality, description, tuple(paths))
+        for uid, (modality, description, paths) in grouped.items()
+    ]

@@ -19,7 +19,9 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -27,7 +29,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "AssociationRecord",
     "Base",
+    "DeliveryRecord",
+    "DeliveryState",
     "InstanceRecord",
+    "JobRecord",
+    "JobState",
     "SeriesRecord",
     "StudyRecord",
     "StudyState",
@@ -66,6 +72,30 @@ class StudyState(enum.StrEnum):
 
     RECEIVING = "receiving"
     STABLE = "stable"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is; persisted as lower-case text."""
+
+    QUEUED = "queued"  # waiting for a worker (or for its retry time)
+    RUNNING = "running"  # leased by a worker
+    DONE = "done"
+    FAILED = "failed"  # the last attempt failed; retried after a backoff
+    NOT_APPLICABLE = "not_applicable"  # e.g. a required view is missing; not an error
+    DEAD = "dead"  # gave up after the maximum number of attempts
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a delivery (one item to one peer) is."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # a permanent refusal by the peer
+    DEAD = "dead"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(cls, name=name, values_callable=lambda e: [m.value for m in e])
 
 
 # Constraint names are fixed so migrations are identical on every backend.
@@ -111,10 +141,14 @@ class StudyRecord(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[StudyState] = mapped_column(
-        Enum(StudyState, name="study_state", values_callable=lambda e: [m.value for m in e]),
-        default=StudyState.RECEIVING,
+        _enum(StudyState, "study_state"), default=StudyState.RECEIVING
     )
+    #: Bumped each time the study becomes stable; a job belongs to one version, so a
+    #: study that receives late instances and settles again is processed again.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    #: When the study last went (back) to receiving; the force-complete clock.
+    receiving_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
     stable_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     calling_ae: Mapped[str | None] = mapped_column(AE)
@@ -171,3 +205,65 @@ class InstanceRecord(Base):
     received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
 
     series: Mapped[SeriesRecord] = relationship(back_populates="instances")
+
+
+class JobRecord(Base):
+    """One pipeline run on one version of a study, with its lease and history."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    pipeline: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    #: Not claimable before this time (retry backoff).
+    run_after: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: JSON object of seconds per stage (queue, load, views, model, outputs).
+    timings: Mapped[str | None] = mapped_column(Text)
+    #: JSON summary of the result (for a done job) or the reason (not applicable).
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "pipeline", "study_version", name="uq_jobs_study_pipeline"),
+        # The claim query: claimable states, by priority, oldest first.
+        Index("ix_jobs_claim", "state", "priority", "run_after"),
+    )
+
+
+class DeliveryRecord(Base):
+    """One item (a routed instance, later an output) to send to one peer."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    route: Mapped[str | None] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("instance_id", "route", "peer", name="uq_deliveries_instance_route_peer"),
+        Index("ix_deliveries_state_run_after", "state", "run_after"),
+    )

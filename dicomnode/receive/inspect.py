@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from dicomnode.errors import InvalidDatasetError
+from dicomnode.index.attributes import image_plane
 
-__all__ = ["InstanceInfo", "image_plane", "inspect_instance", "is_valid_uid"]
+__all__ = ["InstanceInfo", "inspect_instance", "is_valid_uid"]
 
 #: PS3.5 9.1: digits and dots, at most 64 characters. We accept leading zeros in a
 #: component (seen in the wild) but never empty components, so ".." cannot occur.
@@ -391,23 +391,6 @@ def _expected_pixel_bytes(values: dict[str, object]) -> int | None:
         # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels, so 2/3 of full size.
         total = total * 2 // 3
     return total
-
-
-def image_plane(orientation: object) -> str | None:
-    """AXIAL, CORONAL, SAGITTAL or OBLIQUE from ImageOrientationPatient (PS3.3 C.7.6.2)."""
-    if not isinstance(orientation, list | tuple) or len(orientation) != 6:
-        return None
-    try:
-        values = np.asarray([float(v) for v in orientation], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    normal = np.abs(np.cross(values[:3], values[3:]))
-    if not np.isfinite(normal).all() or normal.max() == 0:
-        return None
-    axis = int(normal.argmax())
-    if normal[axis] / np.linalg.norm(normal) < 0.9:  # more than ~25 degrees off any axis
-        return "OBLIQUE"
-    return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
 
 
 def _info(values: dict[str, object], syntax: str) -> InstanceInfo:

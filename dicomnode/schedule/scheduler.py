@@ -1,14 +1,17 @@
-"""APScheduler jobs of the serving process."""
+"""APScheduler jobs of the serving process: completion, planning, lease recovery."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
-from dicomnode.schedule.completion import find_stable_studies
+from dicomnode.index.jobs import recover_expired_leases
+from dicomnode.schedule.completion import complete_studies
+from dicomnode.schedule.plan import compile_plan
 
 __all__ = ["build_scheduler", "scan_interval"]
 
@@ -20,12 +23,21 @@ def scan_interval(quiet_seconds: float) -> float:
     return max(0.2, min(5.0, quiet_seconds / 5))
 
 
-def _safe_find_stable(session_factory: sessionmaker[Session], quiet: float) -> None:
-    try:
-        find_stable_studies(session_factory, quiet)
-    except Exception:
-        # The next run retries; a failing database must not stop the scheduler.
-        logger.exception("stable-study scan failed", extra={"action": "stable_scan_failed"})
+def _guarded(name: str, work: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            # The next run retries; a failing database must not stop the scheduler.
+            logger.exception(f"{name} failed", extra={"action": f"{name}_failed"})
+
+    return run
+
+
+def _recover(settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as session:
+        for job_id in recover_expired_leases(session, settings.worker.retry_backoff_seconds):
+            logger.warning("lease expired", extra={"action": "lease_expired", "job_id": job_id})
 
 
 def build_scheduler(
@@ -33,14 +45,20 @@ def build_scheduler(
 ) -> BackgroundScheduler:
     """A scheduler (not started) with the node's periodic jobs."""
     scheduler = BackgroundScheduler(timezone="UTC")
-    quiet = settings.node.study_quiet_seconds
-    scheduler.add_job(
-        _safe_find_stable,
-        "interval",
-        seconds=scan_interval(quiet),
-        args=[session_factory, quiet],
-        id="find_stable_studies",
-        max_instances=1,
-        coalesce=True,
-    )
+    plan = compile_plan(settings)
+    periodic = {
+        "complete_studies": (
+            scan_interval(settings.node.study_quiet_seconds),
+            lambda: complete_studies(settings, session_factory, plan),
+        ),
+        "recover_leases": (
+            max(0.5, settings.worker.lease_seconds / 3),
+            lambda: _recover(settings, session_factory),
+        ),
+    }
+    for name, (seconds, work) in periodic.items():
+        scheduler.add_job(
+            _guarded(name, work), "interval", seconds=seconds, id=name,
+            max_instances=1, coalesce=True,
+        )  # fmt: skip
     return scheduler

@@ -15,7 +15,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomnode.errors import InvalidDatasetError
-from dicomnode.receive.inspect import image_plane, inspect_instance, is_valid_uid
+from dicomnode.index.attributes import image_plane
+from dicomnode.receive.inspect import inspect_instance, is_valid_uid
 from tests.factories import (
     bogus_length_element,
     encode,

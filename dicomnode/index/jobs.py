@@ -1,0 +1,336 @@
+"""The job queue, in the index database.
+
+A job is one pipeline on one version of a study. Workers claim jobs with a lease:
+on PostgreSQL the claim is ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
+LOCKED)``, so concurrent workers never wait on each other; on SQLite the same single
+statement runs under SQLite's one-writer lock, a short write transaction. Execution
+is at-least-once: a worker that dies loses its lease when it expires and the job is
+claimed again. Failed attempts are retried with exponential backoff and jitter until
+``max_attempts``, then the job is dead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from dicomnode.index.schema import JobRecord, JobState, StudyRecord, utc_now
+
+__all__ = [
+    "ClaimedJob",
+    "JobSummary",
+    "backoff_seconds",
+    "claim_job",
+    "enqueue_job",
+    "fail_job",
+    "finish_job",
+    "heartbeat",
+    "list_jobs",
+    "recover_expired_leases",
+    "release_job",
+    "retry_job",
+]
+
+#: States a worker may claim (a failed job is retried once its backoff has passed).
+CLAIMABLE = (JobState.QUEUED, JobState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """What a worker needs to run a job it holds the lease of."""
+
+    id: int
+    study_id: int
+    study_instance_uid: str
+    pipeline: str
+    model: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+
+
+def enqueue_job(
+    session: Session,
+    study_id: int,
+    study_version: int,
+    pipeline: str,
+    model: str,
+    max_attempts: int,
+    priority: int = 0,
+) -> bool:
+    """Queue a job unless this study version already has one for this pipeline.
+
+    Returns whether a job was created (no commit).
+    """
+    exists = session.scalar(
+        select(JobRecord.id).where(
+            JobRecord.study_id == study_id,
+            JobRecord.pipeline == pipeline,
+            JobRecord.study_version == study_version,
+        )
+    )
+    if exists is not None:
+        return False
+    session.add(
+        JobRecord(
+            study_id=study_id,
+            study_version=study_version,
+            pipeline=pipeline,
+            model=model,
+            max_attempts=max_attempts,
+            priority=priority,
+            state=JobState.QUEUED,
+            run_after=utc_now(),
+            created_at=utc_now(),
+        )
+    )
+    return True
+
+
+def claim_job(
+    session: Session, owner: str, lease_seconds: float, models: list[str] | None = None
+) -> ClaimedJob | None:
+    """Lease the most urgent claimable job to ``owner``; None when there is none (commits)."""
+    now = utc_now()
+    pick = (
+        select(JobRecord.id)
+        .where(JobRecord.state.in_(CLAIMABLE), JobRecord.run_after <= now)
+        .order_by(JobRecord.priority.desc(), JobRecord.run_after, JobRecord.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL, ignored by SQLite
+    )
+    if models is not None:
+        pick = pick.where(JobRecord.model.in_(models))
+    row = session.execute(
+        update(JobRecord)
+        .where(JobRecord.id == pick.scalar_subquery())
+        .values(
+            state=JobState.RUNNING,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=now,
+            attempts=JobRecord.attempts + 1,
+        )
+        .returning(
+            JobRecord.id,
+            JobRecord.study_id,
+            JobRecord.pipeline,
+            JobRecord.model,
+            JobRecord.attempts,
+            JobRecord.max_attempts,
+            JobRecord.created_at,
+        )
+    ).one_or_none()
+    if row is None:
+        session.commit()
+        return None
+    uid = session.scalar(
+        select(StudyRecord.study_instance_uid).where(StudyRecord.id == row.study_id)
+    )
+    session.commit()
+    return ClaimedJob(
+        id=row.id, study_id=row.study_id, study_instance_uid=str(uid), pipeline=row.pipeline,
+        model=row.model, attempts=row.attempts, max_attempts=row.max_attempts,
+        created_at=row.created_at,
+    )  # fmt: skip
+
+
+def _held(job_id: int, owner: str) -> object:
+    return and_(
+        JobRecord.id == job_id,
+        JobRecord.lease_owner == owner,
+        JobRecord.state == JobState.RUNNING,
+    )
+
+
+def heartbeat(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease; False when the lease was lost (expired and taken) (commits)."""
+    now = utc_now()
+    result = session.execute(
+        update(JobRecord)
+        .where(_held(job_id, owner))  # type: ignore[arg-type]
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    owner: str,
+    state: JobState,
+    result: dict[str, object],
+    timings: dict[str, float],
+) -> bool:
+    """Record a done or not-applicable job; False if the lease was lost (commits)."""
+    updated = session.execute(
+        update(JobRecord)
+        .where(_held(job_id, owner))  # type: ignore[arg-type]
+        .values(
+            state=state,
+            finished_at=utc_now(),
+            result=json.dumps(result, sort_keys=True),
+            timings=json.dumps(timings, sort_keys=True),
+            lease_expires_at=None,  # lease_owner stays: it tells who ran the job
+            error=None,
+        )
+    )
+    session.commit()
+    return bool(updated.rowcount)  # type: ignore[attr-defined]
+
+
+def backoff_seconds(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
+    """Exponential backoff with full jitter: uniform in [base*2^(n-1)/2, base*2^(n-1)]."""
+    ceiling = min(cap, base * float(2 ** max(0, attempts - 1)))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+def fail_job(
+    session: Session,
+    job_id: int,
+    owner: str | None,
+    error: str,
+    timings: dict[str, float] | None = None,
+    base_backoff: float = 5.0,
+) -> JobState | None:
+    """Record a failed attempt: retry later, or dead after the last attempt (commits).
+
+    ``owner`` None fails the job whoever holds it (lease recovery).
+    """
+    job = session.get(JobRecord, job_id, with_for_update=True)
+    if job is None or job.state != JobState.RUNNING:
+        session.rollback()
+        return None
+    if owner is not None and job.lease_owner != owner:
+        session.rollback()
+        return None
+    dead = job.attempts >= job.max_attempts
+    job.state = JobState.DEAD if dead else JobState.FAILED
+    job.error = error[:4000]
+    job.finished_at = utc_now()
+    job.lease_owner = None
+    job.lease_expires_at = None
+    if timings is not None:
+        job.timings = json.dumps(timings, sort_keys=True)
+    if not dead:
+        job.run_after = utc_now() + timedelta(seconds=backoff_seconds(job.attempts, base_backoff))
+    state = job.state
+    session.commit()
+    return state
+
+
+def release_job(session: Session, job_id: int, owner: str) -> bool:
+    """Give a held job back untouched (worker stopping); the attempt is not counted."""
+    job = session.get(JobRecord, job_id, with_for_update=True)
+    if job is None or job.state != JobState.RUNNING or job.lease_owner != owner:
+        session.rollback()
+        return False
+    job.state = JobState.QUEUED
+    job.attempts = max(0, job.attempts - 1)
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.run_after = utc_now()
+    session.commit()
+    return True
+
+
+def recover_expired_leases(session: Session, base_backoff: float = 5.0) -> list[int]:
+    """Fail running jobs whose lease expired (their worker died); return their ids."""
+    now = utc_now()
+    expired = list(
+        session.scalars(
+            select(JobRecord.id).where(
+                JobRecord.state == JobState.RUNNING, JobRecord.lease_expires_at < now
+            )
+        )
+    )
+    session.commit()
+    recovered = []
+    for job_id in expired:
+        if fail_job(session, job_id, None, "lease expired: the worker stopped", None, base_backoff):
+            recovered.append(job_id)
+    return recovered
+
+
+def retry_job(session: Session, job_id: int) -> bool:
+    """Queue a failed, dead, done or not-applicable job again now (commits)."""
+    updated = session.execute(
+        update(JobRecord)
+        .where(JobRecord.id == job_id, JobRecord.state != JobState.RUNNING)
+        .values(
+            state=JobState.QUEUED,
+            attempts=0,
+            run_after=utc_now(),
+            error=None,
+            finished_at=None,
+        )
+    )
+    session.commit()
+    return bool(updated.rowcount)  # type: ignore[attr-defined]
+
+
+def count_claimable(session: Session) -> int:
+    """Jobs waiting for a worker now."""
+    return int(
+        session.scalar(
+            select(func.count(JobRecord.id)).where(
+                or_(
+                    JobRecord.state == JobState.QUEUED,
+                    and_(JobRecord.state == JobState.FAILED, JobRecord.run_after <= utc_now()),
+                )
+            )
+        )
+        or 0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One line of ``dicomnode jobs``."""
+
+    id: int
+    study_instance_uid: str
+    pipeline: str
+    state: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+    timings: dict[str, float]
+    error: str | None
+    result: str | None
+
+
+def list_jobs(session: Session, limit: int = 50, state: JobState | None = None) -> list[JobSummary]:
+    """The most recent jobs, newest first."""
+    query = (
+        select(JobRecord, StudyRecord.study_instance_uid)
+        .join(StudyRecord, StudyRecord.id == JobRecord.study_id)
+        .order_by(JobRecord.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(JobRecord.state == state)
+    return [
+        JobSummary(
+            id=job.id,
+            study_instance_uid=uid,
+            pipeline=job.pipeline,
+            state=job.state.value,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+            timings=json.loads(job.timings or "{}"),
+            error=job.error,
+            result=job.result,
+        )
+        for job, uid in session.execute(query).all()
+    ]

@@ -1,0 +1,183 @@
+"""A worker: claim a job, run its pipeline (load → views → model → outputs), record it.
+
+Models are built once per process and stay loaded between jobs. A heartbeat thread
+extends the lease while a job runs; if the job outlives ``worker.job_timeout_seconds``
+the heartbeat thread records the timeout and ends the process (the supervisor starts a
+fresh one), since a Python thread stuck in a model cannot be interrupted. On SIGTERM
+the worker stops claiming, lets the running job finish for a grace period, then
+releases it for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import PipelineSettings, Settings
+from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, heartbeat, release_job
+from dicomnode.index.queries import study_series_files
+from dicomnode.index.schema import JobState, utc_now
+from dicomnode.models.api import Model, NotApplicable, SeriesInput, StudyInput
+from dicomnode.models.registry import load_model
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a stopping worker lets its running job go on before releasing it.
+SHUTDOWN_GRACE_S = 30.0
+
+
+class Worker:
+    """One worker process's loop over the job queue."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.pipelines = {p.name: p for p in settings.pipelines}
+        self.models: dict[str, Model] = {}
+        self.stop = threading.Event()
+        self.jobs_run = 0
+
+    def run(self, max_jobs: int | None = None) -> None:
+        """Claim and run jobs until stopped (or ``max_jobs`` have run)."""
+        logger.info("worker started", extra={"action": "worker_started", "owner": self.owner})
+        while not self.stop.is_set():
+            with self.session_factory() as session:
+                job = claim_job(session, self.owner, self.settings.worker.lease_seconds)
+            if job is None:
+                self.stop.wait(self.settings.worker.poll_seconds)
+                continue
+            self.run_job(job)
+            self.jobs_run += 1
+            if max_jobs is not None and self.jobs_run >= max_jobs:
+                break
+        logger.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
+
+    def run_job(self, job: ClaimedJob) -> None:
+        """Run one claimed job under a heartbeat, and record how it ended."""
+        done = threading.Event()
+        guard = threading.Thread(target=self._guard, args=(job, done), daemon=True)
+        guard.start()
+        try:
+            self._execute(job)
+        finally:
+            done.set()
+            guard.join()
+
+    def _execute(self, job: ClaimedJob) -> None:
+        timings = {"queue": round((utc_now() - job.created_at).total_seconds(), 3)}
+        extra = {
+            "job_id": job.id,
+            "pipeline": job.pipeline,
+            "study_instance_uid": job.study_instance_uid,
+        }
+        logger.info(
+            "job started", extra={"action": "job_started", "attempt": job.attempts, **extra}
+        )
+        try:
+            result = self._pipeline(job, timings)
+        except NotApplicable as exc:
+            with self.session_factory() as session:
+                finish_job(
+                    session,
+                    job.id,
+                    self.owner,
+                    JobState.NOT_APPLICABLE,
+                    {"reason": str(exc)},
+                    timings,
+                )
+            logger.info(
+                "job not applicable",
+                extra={"action": "job_not_applicable", "reason": str(exc), **extra},
+            )
+            return
+        except Exception as exc:
+            error = "".join(traceback.format_exception_only(exc)).strip()
+            with self.session_factory() as session:
+                state = fail_job(
+                    session,
+                    job.id,
+                    self.owner,
+                    error,
+                    timings,
+                    self.settings.worker.retry_backoff_seconds,
+                )
+            logger.warning(
+                "job failed",
+                extra={"action": "job_failed", "state": str(state), "error": error, **extra},
+            )
+            return
+        with self.session_factory() as session:
+            finish_job(session, job.id, self.owner, JobState.DONE, result, timings)
+        logger.info(
+            "job done",
+            extra={"action": "job_done", "seconds": round(sum(timings.values()), 3), **extra},
+        )
+
+    def _pipeline(self, job: ClaimedJob, timings: dict[str, float]) -> dict[str, object]:
+        pipeline = self._pipeline_settings(job)
+        started = time.perf_counter()
+        model = self._model(job.model)
+        timings["model_load"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        with self.session_factory() as session:
+            series = study_series_files(session, job.study_id)
+        data_dir = self.settings.data_dir
+        study = StudyInput(
+            study_instance_uid=job.study_instance_uid,
+            series=tuple(
+                SeriesInput(s.series_instance_uid, s.modality, s.series_description,
+                            tuple(data_dir / Path(p) for p in s.paths))
+                for s in series
+            ),
+            options=dict(pipeline.options) if pipeline is not None else {},
+        )  # fmt: skip
+        timings["load"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        result = model.predict(study)
+        timings["model"] = round(time.perf_counter() - started, 3)
+        return {"model": model.name, "model_version": model.version, **result}
+
+    def _pipeline_settings(self, job: ClaimedJob) -> PipelineSettings | None:
+        return self.pipelines.get(job.pipeline)
+
+    def _model(self, name: str) -> Model:
+        if name not in self.models:
+            self.models[name] = load_model(name, self.settings.worker.device)
+        return self.models[name]
+
+    def _guard(self, job: ClaimedJob, done: threading.Event) -> None:
+        """Heartbeat; enforce the job timeout; release the job on shutdown."""
+        lease = self.settings.worker.lease_seconds
+        started = time.monotonic()
+        stop_seen: float | None = None
+        while not done.wait(min(lease / 3, 1.0)):
+            elapsed = time.monotonic() - started
+            with self.session_factory() as session:
+                if elapsed > self.settings.worker.job_timeout_seconds:
+                    fail_job(session, job.id, self.owner,
+                             f"timed out after {self.settings.worker.job_timeout_seconds:g} s",
+                             None, self.settings.worker.retry_backoff_seconds)  # fmt: skip
+                    logger.error(
+                        "job timed out", extra={"action": "job_timed_out", "job_id": job.id}
+                    )
+                    os._exit(3)  # the stuck thread cannot be stopped; the supervisor restarts us
+                if self.stop.is_set():
+                    stop_seen = stop_seen or time.monotonic()
+                    if time.monotonic() - stop_seen > SHUTDOWN_GRACE_S:
+                        release_job(session, job.id, self.owner)
+                        logger.warning(
+                            "job released", extra={"action": "job_released", "job_id": job.id}
+                        )
+                        os._exit(0)
+                if not heartbeat(session, job.id, self.owner, lease):
+                    logger.warning("lease lost", extra={"action": "lease_lost", "job_id": job.id})

@@ -1,0 +1,118 @@
+"""The whole node on one machine: storescu in, stable studies, jobs run by workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dicomnode.index.schema import JobRecord, JobState, StudyRecord
+from tests.factories import encode, small_ct
+from tests.nodeproc import NodeProcess
+from tests.scu import storescu
+
+pytestmark = [
+    pytest.mark.dcmtk,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed"),
+]
+
+PIPELINES = """
+[worker]
+count = 2
+lease_seconds = 3
+retry_backoff_seconds = 0.2
+max_attempts = 2
+
+[[pipelines]]
+name = "ct-stats"
+match = { Modality = "CT", Rows = ">=16" }
+model = "test-stats"
+
+[[pipelines]]
+name = "mr-stats"
+match = { Modality = "MR" }
+model = "test-stats"
+
+[[pipelines]]
+name = "ct-broken"
+match = { Modality = "CT", SeriesDescription = "re:broken" }
+model = "test-fail"
+"""
+
+
+def write_study(folder: Path, n: int, description: str = "plain") -> str:
+    folder.mkdir(parents=True)
+    first = small_ct()
+    first.SeriesDescription = description
+    for i in range(n):
+        ds = small_ct(
+            study_instance_uid=first.StudyInstanceUID, series_instance_uid=first.SeriesInstanceUID
+        )
+        ds.SeriesDescription = description
+        ds.InstanceNumber = i + 1
+        (folder / f"{i}.dcm").write_bytes(encode(ds))
+    return str(first.StudyInstanceUID)
+
+
+def wait_for_jobs(node: NodeProcess, count: int, timeout: float = 60) -> list[JobRecord]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with node.session() as session:
+            jobs = list(session.scalars(select(JobRecord).order_by(JobRecord.id)))
+        finished = [
+            j for j in jobs if j.state in (JobState.DONE, JobState.DEAD, JobState.NOT_APPLICABLE)
+        ]
+        if len(jobs) >= count and len(finished) == len(jobs):
+            return jobs
+        time.sleep(0.2)
+    raise AssertionError(
+        f"jobs did not finish: {[(j.pipeline, j.state) for j in jobs]}\n{node.log_text()[-3000:]}"
+    )
+
+
+def test_each_stable_study_gets_one_job_per_matching_pipeline_run_by_workers(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess(tmp_path / "node", study_quiet_seconds=1)
+    node.config.write_text(node.config.read_text() + PIPELINES)
+    with node:
+        plain = write_study(tmp_path / "a", 5)
+        broken = write_study(tmp_path / "b", 3, description="broken scanner")
+        for folder in ("a", "b"):
+            done = storescu(node.port, sorted((tmp_path / folder).iterdir()), ("-R",))
+            assert done.returncode == 0, done.stderr
+        jobs = wait_for_jobs(node, 3)
+        with node.session() as session:
+            uids = {s.id: s.study_instance_uid for s in session.scalars(select(StudyRecord))}
+        by_key = {(uids[j.study_id], j.pipeline): j for j in jobs}
+        # exactly one job per stable study and matching pipeline; MR matched nothing
+        assert sorted(by_key) == sorted(
+            [(plain, "ct-stats"), (broken, "ct-stats"), (broken, "ct-broken")]
+        )
+        assert len(jobs) == 3
+        stats = by_key[(plain, "ct-stats")]
+        assert stats.state is JobState.DONE
+        result = json.loads(stats.result or "{}")
+        assert result["model"] == "test-stats"
+        assert [s["instances"] for s in result["series"].values()] == [5]
+        timings = json.loads(stats.timings or "{}")
+        assert {"queue", "load", "model"} <= set(timings)
+        # run in a worker process, not in the node (SCP) process
+        assert node.proc is not None
+        assert stats.lease_owner is not None
+        assert not stats.lease_owner.endswith(f":{node.proc.pid}")
+        assert (
+            f"action=worker_spawned slot=0 pid={stats.lease_owner.split(':')[-1]}"
+            in (node.log_text())
+            or f"action=worker_spawned slot=1 pid={stats.lease_owner.split(':')[-1]}"
+            in node.log_text()
+        )
+        failing = by_key[(broken, "ct-broken")]
+        assert failing.state is JobState.DEAD
+        assert failing.attempts == 2
+        assert "test-fail model failed on purpose" in (failing.error or "")
+        assert "action=job_done" in node.log_text()
