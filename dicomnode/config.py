@@ -35,6 +35,7 @@ __all__ = [
     "NodeSettings",
     "PeerSettings",
     "PipelineSettings",
+    "RetentionSettings",
     "RouteSettings",
     "Settings",
     "WebSettings",
@@ -104,6 +105,18 @@ class WorkerSettings(_Section):
         return value
 
 
+class RetentionSettings(_Section):
+    """The ``[retention]`` section: which stable studies to delete, and when."""
+
+    #: Delete studies whose last instance arrived longer ago than this (0: never).
+    max_age_days: Annotated[float, Field(ge=0)] = 0
+    #: Delete the oldest studies while the data folder's disk is fuller than this
+    #: percentage (0: never).
+    disk_high_water_percent: Annotated[float, Field(ge=0, le=100)] = 0
+    #: How often to check.
+    check_seconds: Annotated[float, Field(gt=0)] = 300
+
+
 class WebSettings(_Section):
     """The ``[web]`` section."""
 
@@ -168,6 +181,7 @@ class Settings(BaseSettings):
     node: NodeSettings = NodeSettings()
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()
+    retention: RetentionSettings = RetentionSettings()
     peers: tuple[PeerSettings, ...] = ()
     routes: tuple[RouteSettings, ...] = ()
     pipelines: tuple[PipelineSettings, ...] = ()

@@ -1,4 +1,4 @@
-"""APScheduler jobs of the serving process: completion, planning, lease recovery."""
+"""APScheduler jobs of the serving process: completion, planning, leases, retention."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dicomnode.config import Settings
 from dicomnode.index.jobs import recover_expired_leases
 from dicomnode.schedule.completion import complete_studies
 from dicomnode.schedule.plan import compile_plan
+from dicomnode.schedule.retention import apply_retention
 
 __all__ = ["build_scheduler", "scan_interval"]
 
@@ -54,6 +55,10 @@ def build_scheduler(
         "recover_leases": (
             max(0.5, settings.worker.lease_seconds / 3),
             lambda: _recover(settings, session_factory),
+        ),
+        "apply_retention": (
+            settings.retention.check_seconds,
+            lambda: apply_retention(settings, session_factory),
         ),
     }
     for name, (seconds, work) in periodic.items():

@@ -175,3 +175,31 @@ def test_models_command_lists_the_test_models(tmp_path: Path) -> None:
     done = dicomnode(config, "models")
     assert done.returncode == 0
     assert "test-stats" in done.stdout and "test-fail" in done.stdout
+
+
+def test_retention_deletes_old_studies_but_never_ones_with_unfinished_work(
+    tmp_path: Path,
+) -> None:
+    extra = (
+        "[worker]\ncount = 1\nmax_attempts = 5\nretry_backoff_seconds = 600\n"
+        "[retention]\nmax_age_days = 0.00002\ncheck_seconds = 0.5\n"  # about 1.7 s
+        '\n[[pipelines]]\nname = "p"\nmatch = { SeriesDescription = "keep" }\n'
+        'model = "test-fail"\n'
+    )
+    with NodeProcess(tmp_path / "n", extra_toml=extra, study_quiet_seconds=0.3) as node:
+        busy = small_ct()
+        busy.SeriesDescription = "keep"
+        (tmp_path / "busy.dcm").write_bytes(encode(busy))
+        assert send_file(node.port, tmp_path / "busy.dcm") == Status.SUCCESS
+        idle = send(node, tmp_path)
+        wait(lambda: [j.state for j in jobs(node)] == [JobState.FAILED])
+
+        def uids() -> set[str]:
+            with node.session() as session:
+                return set(session.scalars(select(StudyRecord.study_instance_uid)))
+
+        wait(lambda: idle not in uids(), 15)
+        assert uids() == {busy.StudyInstanceUID}  # its job will be retried: kept
+        assert [p.name for p in node.stored_files()] == [f"{busy.SOPInstanceUID}.dcm"]
+        assert not (node.data_dir / "instances" / idle).exists()
+        assert "action=study_deleted" in node.log_text()
