@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -179,8 +180,15 @@ def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
     runner = Worker(settings, make_session_factory(engine))
     stop = _stop_event()
 
+    parent = os.getppid()
+
     def _relay() -> None:
-        stop.wait()
+        # Stop on SIGTERM; a supervised worker also stops when its node dies (even by
+        # SIGKILL), so a restarted node never finds an orphan working beside it.
+        while not stop.wait(1.0):
+            if supervised and os.getppid() != parent:
+                logger.warning("node gone; stopping", extra={"action": "worker_orphaned"})
+                break
         runner.stop.set()
 
     threading.Thread(target=_relay, daemon=True).start()

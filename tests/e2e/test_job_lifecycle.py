@@ -203,3 +203,24 @@ def test_retention_deletes_old_studies_but_never_ones_with_unfinished_work(
         assert [p.name for p in node.stored_files()] == [f"{busy.SOPInstanceUID}.dcm"]
         assert not (node.data_dir / "instances" / idle).exists()
         assert "action=study_deleted" in node.log_text()
+
+
+def test_workers_stop_when_their_node_is_killed(tmp_path: Path) -> None:
+    import os
+    import re
+
+    node = NodeProcess(tmp_path / "n", extra_toml="[worker]\ncount = 2\n").start()
+    wait(lambda: len(re.findall(r"action=worker_started", node.log_text())) == 2)
+    pids = [int(p) for p in re.findall(r"action=worker_spawned slot=\d pid=(\d+)", node.log_text())]
+    node.kill()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie until its (dead) parent's reaper collects it
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] == "Z"
+
+    wait(lambda: all(gone(pid) for pid in pids), 15)
