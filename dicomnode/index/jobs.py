@@ -97,15 +97,20 @@ def claim_job(
 ) -> ClaimedJob | None:
     """Lease the most urgent claimable job to ``owner``; None when there is none (commits)."""
     now = utc_now()
-    pick = (
+    candidates = (
         select(JobRecord.id)
         .where(JobRecord.state.in_(CLAIMABLE), JobRecord.run_after <= now)
         .order_by(JobRecord.priority.desc(), JobRecord.run_after, JobRecord.id)
         .limit(1)
-        .with_for_update(skip_locked=True)  # rendered on PostgreSQL, ignored by SQLite
     )
     if models is not None:
-        pick = pick.where(JobRecord.model.in_(models))
+        candidates = candidates.where(JobRecord.model.in_(models))
+    # Look before taking the write lock: idle workers polling an empty queue then
+    # never contend with the SCP's writer (it matters on SQLite's single writer).
+    if session.scalar(candidates) is None:
+        session.rollback()
+        return None
+    pick = candidates.with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
     row = session.execute(
         update(JobRecord)
         .where(JobRecord.id == pick.scalar_subquery())

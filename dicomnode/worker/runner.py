@@ -25,7 +25,7 @@ from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, he
 from dicomnode.index.queries import study_series_files
 from dicomnode.index.schema import JobState, utc_now
 from dicomnode.models.api import Model, NotApplicable, SeriesInput, StudyInput
-from dicomnode.models.registry import load_model
+from dicomnode.models.registry import available_models, load_model
 
 __all__ = ["Worker"]
 
@@ -44,6 +44,8 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.pipelines = {p.name: p for p in settings.pipelines}
         self.models: dict[str, Model] = {}
+        #: Only jobs for models installed here are claimed (GPU hosts may run more).
+        self.model_names = available_models()
         self.stop = threading.Event()
         self.jobs_run = 0
 
@@ -52,7 +54,9 @@ class Worker:
         logger.info("worker started", extra={"action": "worker_started", "owner": self.owner})
         while not self.stop.is_set():
             with self.session_factory() as session:
-                job = claim_job(session, self.owner, self.settings.worker.lease_seconds)
+                job = claim_job(
+                    session, self.owner, self.settings.worker.lease_seconds, self.model_names
+                )
             if job is None:
                 self.stop.wait(self.settings.worker.poll_seconds)
                 continue
