@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.schema import (
@@ -19,6 +19,7 @@ from dicomnode.index.schema import (
 )
 
 __all__ = [
+    "IdCache",
     "SeriesFiles",
     "StableStudy",
     "StudySummary",
@@ -33,43 +34,91 @@ __all__ = [
 ]
 
 
+# Statements of the ingest hot path are built once: building SQLAlchemy expressions
+# per batch cost more CPU than executing them.
+_FIND_INSTANCES = select(
+    InstanceRecord.sop_instance_uid, InstanceRecord.sha256, InstanceRecord.path
+).where(InstanceRecord.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+_FIND_STUDIES = select(StudyRecord.study_instance_uid, StudyRecord.id).where(
+    StudyRecord.study_instance_uid.in_(bindparam("uids", expanding=True))
+)
+_FIND_SERIES = select(SeriesRecord.series_instance_uid, SeriesRecord.id).where(
+    SeriesRecord.series_instance_uid.in_(bindparam("uids", expanding=True))
+)
+_TOUCH_STUDIES = (
+    update(StudyRecord)
+    .where(StudyRecord.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        last_received_at=bindparam("now"),
+        # A new instance (re)opens a study: stable again only after a quiet period.
+        receiving_since=case(
+            (StudyRecord.state == StudyState.STABLE, bindparam("now")),
+            else_=StudyRecord.receiving_since,
+        ),
+        state=StudyState.RECEIVING,
+        stable_at=None,
+    )
+)
+_INSERT_STUDIES = insert(StudyRecord).returning(StudyRecord.study_instance_uid, StudyRecord.id)
+_INSERT_SERIES = insert(SeriesRecord).returning(SeriesRecord.series_instance_uid, SeriesRecord.id)
+_INSERT_INSTANCES = insert(InstanceRecord)
+
+
 def find_instances(
     session: Session, sop_instance_uids: Iterable[str]
 ) -> dict[str, tuple[str, str]]:
     """The stored (sha256, path) of each of these instances that is in the index."""
-    rows = session.execute(
-        select(InstanceRecord.sop_instance_uid, InstanceRecord.sha256, InstanceRecord.path).where(
-            InstanceRecord.sop_instance_uid.in_(set(sop_instance_uids))
-        )
-    )
+    rows = session.connection().execute(_FIND_INSTANCES, {"uids": list(set(sop_instance_uids))})
     return {uid: (sha, path) for uid, sha, path in rows}
 
 
-def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> dict[str, int]:
-    firsts = {r["study_instance_uid"]: r for r in reversed(rows)}
-    ids: dict[str, int] = dict(
-        session.execute(
-            select(StudyRecord.study_instance_uid, StudyRecord.id).where(
-                StudyRecord.study_instance_uid.in_(firsts)
-            )
-        ).all()
-    )
-    if ids:
-        # A new instance (re)opens a study: stable again only after a quiet period.
-        reopened = StudyRecord.state == StudyState.STABLE
-        session.execute(
-            update(StudyRecord)
-            .where(StudyRecord.id.in_(ids.values()))
-            .values(
-                last_received_at=now,
-                receiving_since=case((reopened, now), else_=StudyRecord.receiving_since),
-                state=StudyState.RECEIVING,
-                stable_at=None,
-            )
-        )
-    missing = [
-        {
-            "study_instance_uid": uid,
+class IdCache:
+    """Study and series ids the ingest writer has seen, to skip their look-ups.
+
+    Owned by one writer; :meth:`clear` it after any failed transaction (a rolled-back
+    insert, a study deleted by retention) so no stale id is used twice.
+    """
+
+    LIMIT = 20_000
+
+    def __init__(self) -> None:
+        self.studies: dict[str, int] = {}
+        self.series: dict[str, int] = {}
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.studies.clear()
+        self.series.clear()
+
+    def trim(self) -> None:
+        """Keep memory bounded on a long-running node."""
+        if len(self.studies) > self.LIMIT or len(self.series) > self.LIMIT:
+            self.clear()
+
+
+def _ids(
+    session: Session,
+    find: Any,
+    insert_stmt: Any,
+    wanted: dict[str, dict[str, Any]],
+    known: dict[str, int],
+) -> dict[str, int]:
+    """Ids for the UIDs in ``wanted`` (uid -> row to insert), from cache, table or insert."""
+    ids = {uid: known[uid] for uid in wanted if uid in known}
+    missing = [uid for uid in wanted if uid not in ids]
+    if missing:
+        ids.update(session.connection().execute(find, {"uids": missing}).tuples().all())
+        new = [wanted[uid] for uid in missing if uid not in ids]
+        if new:
+            ids.update(session.connection().execute(insert_stmt, new).tuples().all())
+    known.update(ids)
+    return ids
+
+
+def _study_rows(rows: list[dict[str, Any]], now: datetime) -> dict[str, dict[str, Any]]:
+    return {
+        r["study_instance_uid"]: {
+            "study_instance_uid": r["study_instance_uid"],
             "study_date": r["study_date"],
             "study_description": r["study_description"],
             "calling_ae": r["calling_ae"],
@@ -78,41 +127,21 @@ def _study_ids(session: Session, rows: list[dict[str, Any]], now: datetime) -> d
             "receiving_since": now,
             "last_received_at": now,
         }
-        for uid, r in firsts.items()
-        if uid not in ids
-    ]
-    if missing:
-        inserted = session.execute(
-            insert(StudyRecord).returning(StudyRecord.study_instance_uid, StudyRecord.id), missing
-        )
-        ids.update(dict(inserted.all()))
-    return ids
+        for r in reversed(rows)
+    }
 
 
-def _series_ids(
-    session: Session, rows: list[dict[str, Any]], study_ids: dict[str, int]
-) -> dict[str, int]:
-    firsts = {r["series_instance_uid"]: r for r in reversed(rows)}
-    ids: dict[str, int] = dict(
-        session.execute(
-            select(SeriesRecord.series_instance_uid, SeriesRecord.id).where(
-                SeriesRecord.series_instance_uid.in_(firsts)
-            )
-        ).all()
-    )
-    missing = [
-        {"series_instance_uid": uid, "study_id": study_ids[r["study_instance_uid"]]}
-        | {field: r[field] for field in _SERIES_FIELDS}
-        for uid, r in firsts.items()
-        if uid not in ids
-    ]
-    if missing:
-        inserted = session.execute(
-            insert(SeriesRecord).returning(SeriesRecord.series_instance_uid, SeriesRecord.id),
-            missing,
-        )
-        ids.update(dict(inserted.all()))
-    return ids
+def _series_rows(
+    rows: list[dict[str, Any]], study_ids: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    return {
+        r["series_instance_uid"]: {
+            "series_instance_uid": r["series_instance_uid"],
+            "study_id": study_ids[r["study_instance_uid"]],
+            **{field: r[field] for field in _SERIES_FIELDS},
+        }
+        for r in reversed(rows)
+    }
 
 
 _SERIES_FIELDS = (
@@ -127,17 +156,27 @@ _INSTANCE_FIELDS = (
 
 
 def record_instances(
-    session: Session, rows: list[dict[str, Any]], replaced: set[str], now: datetime
+    session: Session,
+    rows: list[dict[str, Any]],
+    replaced: set[str],
+    now: datetime,
+    cache: IdCache | None = None,
 ) -> None:
     """Insert (or, for UIDs in ``replaced``, update) instance rows with their studies
     and series, in a few statements per batch (no commit).
 
     Each row holds the :class:`~dicomnode.receive.inspect.InstanceInfo` fields plus
     ``size_bytes``, ``sha256``, ``path``, ``calling_ae`` and ``association_id``.
+    Every study touched is marked receiving with ``now`` as its last instance time.
     """
     if not rows:
         return
-    series_ids = _series_ids(session, rows, _study_ids(session, rows, now))
+    cache = cache if cache is not None else IdCache()
+    conn = session.connection()
+    study_ids = _ids(session, _FIND_STUDIES, _INSERT_STUDIES, _study_rows(rows, now), cache.studies)
+    conn.execute(_TOUCH_STUDIES, {"ids": list(study_ids.values()), "now": now})
+    series_rows = _series_rows(rows, study_ids)
+    series_ids = _ids(session, _FIND_SERIES, _INSERT_SERIES, series_rows, cache.series)
     values = [
         {field: r[field] for field in _INSTANCE_FIELDS}
         | {"series_id": series_ids[r["series_instance_uid"]], "received_at": now}
@@ -145,10 +184,10 @@ def record_instances(
     ]
     new = [v for v in values if v["sop_instance_uid"] not in replaced]
     if new:
-        session.execute(insert(InstanceRecord), new)
+        conn.execute(_INSERT_INSTANCES, new)
     for value in values:
         if value["sop_instance_uid"] in replaced:
-            session.execute(
+            conn.execute(
                 update(InstanceRecord)
                 .where(InstanceRecord.sop_instance_uid == value["sop_instance_uid"])
                 .values(**value)

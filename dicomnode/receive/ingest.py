@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import DatasetMismatchError, InvalidDatasetError, StorageError
-from dicomnode.index.queries import find_instances, record_instances
+from dicomnode.index.queries import IdCache, find_instances, record_instances
 from dicomnode.index.schema import utc_now
 from dicomnode.receive.inspect import InstanceInfo, inspect_instance, is_valid_uid
 from dicomnode.receive.spool import SpoolFile
@@ -40,6 +40,7 @@ __all__ = ["Ingest", "Outcome", "instance_relpath"]
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 128
+_INFO_FIELDS = tuple(f.name for f in fields(InstanceInfo))
 #: How long a handler waits for its index commit before answering 0xA700.
 COMMIT_TIMEOUT_S = 45.0
 
@@ -126,6 +127,7 @@ class Ingest:
         self.spool_dir = data_dir / "spool"
         self.session_factory = session_factory
         self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._ids = IdCache()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
 
     def start(self) -> None:
@@ -260,14 +262,16 @@ class Ingest:
                     rows.append(row)
                     # A later copy in this batch must compare with this one.
                     known[request.info.sop_instance_uid] = (request.spool.sha256, row["path"])
-                record_instances(session, rows, replaced, now)
+                record_instances(session, rows, replaced, now, self._ids)
                 for folder in dirs:
                     fsync_dir(folder)
                 session.commit()
             except BaseException:
                 session.rollback()
+                self._ids.clear()  # ids inserted in this transaction are gone
                 undo.run()
                 raise
+        self._ids.trim()
         for request, outcome in zip(batch, outcomes, strict=True):
             if outcome is Outcome.DUPLICATE:
                 request.spool.discard()
@@ -302,7 +306,8 @@ class Ingest:
         return outcome
 
     def _row(self, request: _Request) -> dict[str, Any]:
-        return asdict(request.info) | {
+        info = request.info
+        return {name: getattr(info, name) for name in _INFO_FIELDS} | {
             "size_bytes": request.spool.size,
             "sha256": request.spool.sha256,
             "path": instance_relpath(request.info).as_posix(),

@@ -25,6 +25,7 @@ from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, he
 from dicomnode.index.queries import study_series_files
 from dicomnode.index.schema import JobState, utc_now
 from dicomnode.models.api import Model, NotApplicable, SeriesInput, StudyInput
+from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
 
 __all__ = ["Worker"]
@@ -48,10 +49,15 @@ class Worker:
         self.model_names = available_models()
         self.stop = threading.Event()
         self.jobs_run = 0
+        self.device = "cpu"
 
     def run(self, max_jobs: int | None = None) -> None:
         """Claim and run jobs until stopped (or ``max_jobs`` have run)."""
-        logger.info("worker started", extra={"action": "worker_started", "owner": self.owner})
+        self.device = resolve_device(self.settings.worker.device)
+        logger.info(
+            "worker started",
+            extra={"action": "worker_started", "owner": self.owner, "device": self.device},
+        )
         while not self.stop.is_set():
             with self.session_factory() as session:
                 job = claim_job(
@@ -156,7 +162,7 @@ class Worker:
 
     def _model(self, name: str) -> Model:
         if name not in self.models:
-            self.models[name] = load_model(name, self.settings.worker.device)
+            self.models[name] = load_model(name, self.device)
         return self.models[name]
 
     def _guard(self, job: ClaimedJob, done: threading.Event) -> None:
