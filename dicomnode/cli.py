@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -109,10 +110,30 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
-    from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
+def _receiving(settings: Settings) -> tuple[Any, Any, Any, Any]:
+    """Start one receiving process's part: index writer and SCP."""
+    from dicomnode.index.db import make_engine, make_session_factory
     from dicomnode.receive.ingest import Ingest
     from dicomnode.receive.scp import start_scp
+
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    ingest = Ingest(settings.data_dir, session_factory)
+    ingest.start()
+    server = start_scp(settings, ingest, session_factory)
+    return engine, session_factory, ingest, server
+
+
+def _stop_receiving(engine: Any, ingest: Any, server: Any) -> None:
+    # Stop accepting, let running associations finish (bounded), then drain the writer.
+    server.shutdown()
+    _wait_for_associations(server)
+    ingest.stop()
+    engine.dispose()
+
+
+def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
+    from dicomnode.index.db import upgrade_database
     from dicomnode.schedule.scheduler import build_scheduler
     from dicomnode.worker.supervisor import Supervisor
 
@@ -120,32 +141,62 @@ def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
     stop = _stop_event()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
-    engine = make_engine(settings.database_url)
-    session_factory = make_session_factory(engine)
-    ingest = Ingest(settings.data_dir, session_factory)
-    ingest.start()
-    server = start_scp(settings, ingest, session_factory)
+    engine, session_factory, ingest, server = _receiving(settings)
     scheduler = build_scheduler(settings, session_factory)
     scheduler.start()
-    count = settings.worker.count if with_workers else 0
+    roles = ["receive"] * (settings.receive_processes - 1)
+    roles += ["worker"] * (settings.worker.count if with_workers else 0)
     level, style = ctx.obj["log"]
     log_args = ["--log-level", level, *(["--log-json"] if style == "json" else [])]
-    supervisor = Supervisor(count, ctx.obj.get("config"), log_args)
+    supervisor = Supervisor(roles, ctx.obj.get("config"), log_args)
     supervisor.start()
     logger.info(
         "node ready",
         extra={"action": "node_ready", "data_dir": str(settings.data_dir),
-               "workers": count, "version": __version__},
+               "receivers": settings.receive_processes, "workers": roles.count("worker"),
+               "version": __version__},
     )  # fmt: skip
     stop.wait()
-    # Stop accepting, let running associations finish (bounded), then drain the writer.
-    server.shutdown()
-    _wait_for_associations(server)
     scheduler.shutdown(wait=True)
     supervisor.stop()
-    ingest.stop()
-    engine.dispose()
+    _stop_receiving(engine, ingest, server)
     logger.info("node stopped", extra={"action": "node_stopped"})
+
+
+@cli.command(hidden=True)
+@click.option("--supervised", is_flag=True, help="Started by `run`/`serve`.")
+@click.pass_context
+def receive(ctx: click.Context, supervised: bool) -> None:
+    """An extra receiving process (SCP + index writer) sharing the node's port."""
+    settings = _settings(ctx)
+    _logging(ctx, settings, to_file=not supervised)
+    stop = _stop_event()
+    engine, _, ingest, server = _receiving(settings)
+    _stop_with_parent(stop, supervised)
+    stop.wait()
+    _stop_receiving(engine, ingest, server)
+
+
+def _stop_with_parent(stop: threading.Event, supervised: bool) -> None:
+    """Set ``stop`` when a supervised child's parent (the node) is gone, even by SIGKILL."""
+    if not supervised:
+        return
+    try:
+        # Linux: have the kernel send SIGTERM the moment the parent dies, so an
+        # orphan stops sharing the port before a restarted node needs it.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere, the polling below notices within a second
+    parent = os.getppid()
+
+    def _watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                logger.warning("node gone; stopping", extra={"action": "orphan_stopping"})
+                stop.set()
+
+    threading.Thread(target=_watch, daemon=True).start()
 
 
 def _wait_for_associations(server: Any, grace: float = 30.0) -> None:
@@ -180,15 +231,12 @@ def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
     runner = Worker(settings, make_session_factory(engine))
     stop = _stop_event()
 
-    parent = os.getppid()
+    # Stop on SIGTERM; a supervised worker also stops when its node dies (even by
+    # SIGKILL), so a restarted node never finds an orphan working beside it.
+    _stop_with_parent(stop, supervised)
 
     def _relay() -> None:
-        # Stop on SIGTERM; a supervised worker also stops when its node dies (even by
-        # SIGKILL), so a restarted node never finds an orphan working beside it.
-        while not stop.wait(1.0):
-            if supervised and os.getppid() != parent:
-                logger.warning("node gone; stopping", extra={"action": "worker_orphaned"})
-                break
+        stop.wait()
         runner.stop.set()
 
     threading.Thread(target=_relay, daemon=True).start()

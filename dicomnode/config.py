@@ -73,6 +73,9 @@ class NodeSettings(_Section):
     study_force_complete_seconds: Annotated[float, Field(gt=0)] = 3600
     maximum_pdu_size: Annotated[int, Field(ge=0)] = 262144
     maximum_associations: Annotated[int, Field(ge=1)] = 32
+    #: Processes accepting associations on the port (SO_REUSEPORT), so concurrent
+    #: associations use more than one core; 0: one per CPU, at most 4.
+    receive_processes: Annotated[int, Field(ge=0, le=64)] = 0
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -225,6 +228,15 @@ class Settings(BaseSettings):
         if not path.is_absolute() and self.source is not None:
             path = self.source.parent / path
         return path.resolve()
+
+    @property
+    def receive_processes(self) -> int:
+        """How many processes accept associations (1 when the port is chosen by the OS)."""
+        if self.node.port == 0:
+            return 1
+        if self.node.receive_processes:
+            return self.node.receive_processes
+        return max(1, min(4, os.cpu_count() or 1))
 
     @property
     def database_url(self) -> str:

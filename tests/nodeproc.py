@@ -24,6 +24,28 @@ from dicomnode.index.schema import InstanceRecord
 __all__ = ["NodeProcess", "WorkerProcess", "free_port", "wait_for_echo"]
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
@@ -124,10 +146,14 @@ class NodeProcess:
             raise
 
     def kill(self) -> None:
-        """SIGKILL, as a crash or power cut would."""
+        """SIGKILL, as a crash would; then wait for its children to notice and exit."""
         if self.proc is not None and self.proc.poll() is None:
+            children = _children(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
+            deadline = time.monotonic() + 30
+            while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def __enter__(self) -> NodeProcess:
         return self.start()

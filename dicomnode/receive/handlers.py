@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.errors import DicomnodeError, StorageError
 from dicomnode.index.queries import close_association, open_association
 from dicomnode.index.schema import utc_now
+from dicomnode.receive.fastpath import tune_association
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.spool import take_spool
 from dicomnode.receive.status import Status, status_for_error
@@ -98,6 +99,7 @@ def handle_echo(event: Any) -> int:
 def handle_established(event: Any, session_factory: sessionmaker[Session]) -> None:
     """Record the association; instances point at it."""
     assoc = event.assoc
+    tune_association(assoc)
     try:
         with session_factory() as session:
             assoc_id = open_association(

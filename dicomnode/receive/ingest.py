@@ -20,6 +20,7 @@ import enum
 import logging
 import os
 import queue
+import shutil
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
@@ -62,6 +63,19 @@ def instance_relpath(info: InstanceInfo) -> Path:
         "instances", info.study_instance_uid, info.series_instance_uid,
         f"{info.sop_instance_uid}.dcm",
     )  # fmt: skip
+
+
+def _dead_process_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a spool folder whose process no longer runs."""
+    if not folder.name.isdigit():
+        return True
+    try:
+        os.kill(int(folder.name), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def fsync_dir(path: Path) -> None:
@@ -124,7 +138,10 @@ class Ingest:
 
     def __init__(self, data_dir: Path, session_factory: sessionmaker[Session]) -> None:
         self.data_dir = data_dir
-        self.spool_dir = data_dir / "spool"
+        # One spool folder per receiving process: a process cleaning its leftovers at
+        # start must not delete what another one is receiving.
+        self.spool_root = data_dir / "spool"
+        self.spool_dir = self.spool_root / str(os.getpid())
         self.session_factory = session_factory
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._ids = IdCache()
@@ -134,9 +151,11 @@ class Ingest:
         """Clean leftovers of a previous run and start the writer thread."""
         (self.data_dir / "instances").mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.spool_dir.iterdir():
+        for folder in self.spool_root.iterdir():
+            if folder == self.spool_dir or not _dead_process_folder(folder):
+                continue
             # Spooled files never got a success response: the sender will resend.
-            leftover.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -144,6 +163,10 @@ class Ingest:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        try:
+            self.spool_dir.rmdir()  # empty once every association has ended
+        except OSError:
+            pass  # files left by an aborted association: removed at the next start
 
     # -- association threads ------------------------------------------------------
 

@@ -3,20 +3,53 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
 from dicomnode.receive import handlers
+from dicomnode.receive.fastpath import install_fast_recv
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.spool import install_spool
 
 __all__ = ["build_ae", "start_scp"]
 
 logger = logging.getLogger(__name__)
+
+
+class SharedPortServer(ThreadedAssociationServer):
+    """An association server that shares its port with the node's other receivers.
+
+    With SO_REUSEPORT the kernel spreads incoming connections over every process
+    listening on the port, so concurrent associations use more than one core.
+    """
+
+    def server_bind(self) -> None:
+        """Set SO_REUSEPORT before pynetdicom binds (it sets SO_REUSEADDR itself)."""
+        assert self.socket is not None  # created by socketserver before binding
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def _serve_in_thread(
+    ae: AE, settings: Settings, event_handlers: list[Any], shared: bool
+) -> ThreadedAssociationServer:
+    """What ``ae.start_server(block=False)`` does, with our server class when shared."""
+    server = ae.make_server(
+        (settings.node.host, settings.node.port),
+        evt_handlers=event_handlers,
+        server_class=SharedPortServer if shared else ThreadedAssociationServer,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # so ae.shutdown() stops it too
+    return server
 
 
 def build_ae(settings: Settings) -> AE:
@@ -42,6 +75,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
     """Start serving in background threads; returns pynetdicom's server object."""
     ae = build_ae(settings)
     install_spool(ae, ingest.spool_dir)
+    install_fast_recv()
     event_handlers: list[Any] = [
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
@@ -50,10 +84,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
         (evt.EVT_ABORTED, handlers.handle_aborted, [session_factory]),
         (evt.EVT_REJECTED, handlers.handle_rejected),
     ]
-    server = ae.start_server(
-        (settings.node.host, settings.node.port), block=False, evt_handlers=event_handlers
-    )
-    assert server is not None  # block=False always returns the server
+    server = _serve_in_thread(ae, settings, event_handlers, shared=settings.receive_processes > 1)
     host, port = server.server_address[:2]
     if not settings.node.allowed_calling_aets:
         logger.warning(

@@ -1,9 +1,11 @@
-"""Keep ``worker.count`` worker processes running beside the serving process.
+"""Keep child processes running beside the serving process: workers and receivers.
 
-Each worker is ``python -m dicomnode --config FILE worker``, so it shares nothing
-with the SCP process but the settings file, the environment, the database and the
-data folder, exactly as a worker on another machine would. A worker that exits is
-started again (after a short backoff when it keeps dying).
+Each child is ``python -m dicomnode --config FILE <role> --supervised`` (role
+``worker`` or ``receive``), so it shares nothing with the serving process but the
+settings file, the environment, the database and the data folder, exactly as a worker
+on another machine would. A child that exits is started again (after a short backoff
+when it keeps dying); supervised children stop by themselves if the serving process
+dies.
 """
 
 from __future__ import annotations
@@ -22,34 +24,35 @@ logger = logging.getLogger(__name__)
 
 
 class Supervisor:
-    """Start, watch and stop worker processes."""
+    """Start, watch and stop child processes, one per role in ``roles``."""
 
-    def __init__(self, count: int, config: Path | None, log_args: list[str]) -> None:
-        self.count = count
+    def __init__(self, roles: list[str], config: Path | None, log_args: list[str]) -> None:
+        self.roles = roles
         self.config = config
         self.log_args = log_args
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
-        self.restarts = [0] * count
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(roles)
+        self.restarts = [0] * len(roles)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
 
-    def _command(self) -> list[str]:
+    def _command(self, role: str) -> list[str]:
         command = [sys.executable, "-m", "dicomnode", *self.log_args]
         if self.config is not None:
             command += ["--config", str(self.config)]
-        return [*command, "worker", "--supervised"]
+        return [*command, role, "--supervised"]
 
     def _spawn(self, slot: int) -> None:
-        proc = subprocess.Popen(self._command())
+        role = self.roles[slot]
+        proc = subprocess.Popen(self._command(role))
         self.procs[slot] = proc
         logger.info(
-            "worker process started",
-            extra={"action": "worker_spawned", "slot": slot, "pid": proc.pid},
+            f"{role} process started",
+            extra={"action": f"{role}_spawned", "slot": slot, "pid": proc.pid},
         )
 
     def start(self) -> None:
-        """Start every worker and the watcher thread."""
-        for slot in range(self.count):
+        """Start every child and the watcher thread."""
+        for slot in range(len(self.roles)):
             self._spawn(slot)
         self._thread.start()
 
@@ -60,8 +63,8 @@ class Supervisor:
                     continue
                 self.restarts[slot] += 1
                 logger.warning(
-                    "worker process exited; restarting",
-                    extra={"action": "worker_restarted", "slot": slot, "pid": proc.pid,
+                    f"{self.roles[slot]} process exited; restarting",
+                    extra={"action": f"{self.roles[slot]}_restarted", "slot": slot, "pid": proc.pid,
                            "returncode": proc.returncode, "restarts": self.restarts[slot]},
                 )  # fmt: skip
                 # Back off when a worker keeps dying at start (bad model, no database).
@@ -70,7 +73,7 @@ class Supervisor:
                 self._spawn(slot)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM every worker (they finish or release their job) and wait."""
+        """SIGTERM every child (they finish or release their work) and wait."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()

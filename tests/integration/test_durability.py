@@ -27,7 +27,7 @@ def check_rows_match_files(node: NodeProcess) -> None:
     assert sorted(node.data_dir / r.path for r in records) == files
     for record in records:
         assert sha256_file(node.data_dir / record.path) == record.sha256
-    assert list((node.data_dir / "spool").iterdir()) == []
+    assert [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()] == []
 
 
 @pytest.fixture

@@ -200,7 +200,7 @@ def test_invalid_uid_is_refused_and_writes_nothing_outside_the_store(
         status = send_file(node.port, write(tmp_path, with_bad_uid("SOPInstanceUID", bad_uid)))
     assert status == Status.CANNOT_UNDERSTAND
     assert not any("evil" in str(p) or "cron" in str(p) for p in node.data_dir.parent.rglob("*"))
-    assert not list((node.data_dir / "spool").iterdir())
+    assert not [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()]
 
 
 def test_study_uid_with_path_separator_is_refused(node: NodeProcess, tmp_path: Path) -> None:
@@ -234,7 +234,7 @@ def test_truncated_data_gets_c000_and_leaves_no_file(
     files_before = node.stored_files()
     assert send_file(node.port, path) == Status.CANNOT_UNDERSTAND
     assert node.stored_files() == files_before
-    assert not list((node.data_dir / "spool").iterdir())
+    assert not [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()]
 
 
 def test_no_reply_ever_uses_a_pynetdicom_reserved_status() -> None:
