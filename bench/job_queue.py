@@ -1,6 +1,6 @@
 """Job-queue benchmark: enqueue→start latency, claim throughput, scan cost.
 
-Run by hand (not a test): ``python bench/queue.py [--backends sqlite,postgresql]``.
+Run by hand (not a test): ``python bench/job_queue.py [--backends sqlite,postgresql]``.
 
 * latency: workers idle, 1,000 jobs queued one by one at a steady rate; the time from
   a job's creation to its start (p50/p95), with 1,000 other jobs waiting in the queue

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 __all__ = ["image_plane"]
 
 
 def image_plane(orientation: object) -> str | None:
-    """AXIAL, CORONAL, SAGITTAL or OBLIQUE from ImageOrientationPatient (PS3.3 C.7.6.2)."""
+    """AXIAL, CORONAL, SAGITTAL or OBLIQUE from ImageOrientationPatient (PS3.3 C.7.6.2).
+
+    The plane is the patient axis the slice normal (row x column direction) is closest
+    to; more than about 25 degrees away from every axis is OBLIQUE. Plain Python: the
+    receiving process has no other use for numpy.
+    """
     if not isinstance(orientation, list | tuple) or len(orientation) != 6:
         return None
     try:
-        values = np.asarray([float(v) for v in orientation], dtype=float)
+        rx, ry, rz, cx, cy, cz = (float(v) for v in orientation)
     except (TypeError, ValueError):
         return None
-    normal = np.abs(np.cross(values[:3], values[3:]))
-    if not np.isfinite(normal).all() or normal.max() == 0:
+    normal = (abs(ry * cz - rz * cy), abs(rz * cx - rx * cz), abs(rx * cy - ry * cx))
+    length = math.sqrt(sum(n * n for n in normal))
+    if not math.isfinite(length) or length == 0:
         return None
-    axis = int(normal.argmax())
-    if normal[axis] / np.linalg.norm(normal) < 0.9:  # more than ~25 degrees off any axis
+    axis = max(range(3), key=lambda i: normal[i])
+    if normal[axis] / length < 0.9:
         return "OBLIQUE"
     return ("SAGITTAL", "CORONAL", "AXIAL")[axis]

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["alembic_config", "make_engine", "make_session_factory", "upgrade_database"]
 
@@ -62,6 +63,8 @@ def _script_location() -> str:
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic configuration pointing at the shipped migration scripts."""
+    from alembic.config import Config  # imported on use: receiving processes never need it
+
     cfg = Config()
     cfg.set_main_option("script_location", _script_location())
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -70,5 +73,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade_database(database_url: str, revision: str = "head") -> None:
     """Bring the database schema to ``revision`` (idempotent)."""
+    from alembic import command
+
     command.upgrade(alembic_config(database_url), revision)
     logger.info("database upgraded", extra={"action": "db_upgraded", "revision": revision})

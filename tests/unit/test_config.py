@@ -117,3 +117,15 @@ def test_routes_and_pipelines_are_parsed(tmp_path: Path) -> None:
     assert settings.routes[0].match == {"Modality": ["MG", "re:^M"], "Rows": 512}
     assert settings.pipelines[0].model == "ct-lesion-seg"
     assert settings.peers[0].port == 4242
+
+
+def test_receive_processes_default_to_one_per_cpu_and_one_for_port_zero(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    auto = load_settings(write(tmp_path, "[node]\nport = 11112\n"))
+    assert auto.receive_processes == max(1, min(4, os.cpu_count() or 1))
+    assert load_settings(write(tmp_path, "[node]\nreceive_processes = 3\n")).receive_processes == 3
+    # a port the OS picks cannot be shared between processes
+    assert load_settings(write(tmp_path, "[node]\nport = 0\n")).receive_processes == 1
