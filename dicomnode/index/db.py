@@ -8,7 +8,6 @@ committed row survives power loss, which is what a 0x0000 C-STORE response promi
 from __future__ import annotations
 
 import logging
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +52,13 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def _script_location() -> str:
-    # A built wheel carries the root ``alembic/`` folder as ``dicomnode._alembic``;
+    # A built wheel carries the root ``alembic/`` folder as ``dicomnode/_alembic``;
     # a source checkout (editable install) uses the folder itself.
-    try:
-        return str(files("dicomnode._alembic"))
-    except ModuleNotFoundError:
-        return str(Path(__file__).resolve().parents[2] / "alembic")
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "_alembic"
+    if (shipped / "env.py").is_file():
+        return str(shipped)
+    return str(package.parent / "alembic")
 
 
 def alembic_config(database_url: str) -> Config:

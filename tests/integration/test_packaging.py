@@ -1,0 +1,48 @@
+"""What `pip install .` gives: a wheel that carries the migrations and upgrades a database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs with the wheel's copy of dicomnode, not this checkout's editable install.
+PROBE = """
+import sys
+# Hide this checkout (an editable install puts it on sys.path) from the import system.
+sys.path[:] = [p for p in sys.path if p.rstrip("/") != sys.argv[3]]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+import dicomnode
+assert dicomnode.__file__.startswith(sys.argv[1]), dicomnode.__file__
+from dicomnode.index.db import upgrade_database
+upgrade_database("sqlite:///" + sys.argv[2])
+print("upgraded")
+"""
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_migrations_and_upgrades_from_them(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("dicomnode-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dicomnode/_alembic/env.py" in names
+    assert any(n.startswith("dicomnode/_alembic/versions/0001_") for n in names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(site), str(tmp_path / "db.sqlite"), str(ROOT)],
+        capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "upgraded" in done.stdout
