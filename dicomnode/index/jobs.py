@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.schema import JobRecord, JobState, StudyRecord, utc_now
@@ -279,21 +279,6 @@ def retry_job(session: Session, job_id: int) -> bool:
     )
     session.commit()
     return bool(updated.rowcount)  # type: ignore[attr-defined]
-
-
-def count_claimable(session: Session) -> int:
-    """Jobs waiting for a worker now."""
-    return int(
-        session.scalar(
-            select(func.count(JobRecord.id)).where(
-                or_(
-                    JobRecord.state == JobState.QUEUED,
-                    and_(JobRecord.state == JobState.FAILED, JobRecord.run_after <= utc_now()),
-                )
-            )
-        )
-        or 0
-    )
 
 
 @dataclass(frozen=True, slots=True)

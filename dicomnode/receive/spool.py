@@ -27,7 +27,7 @@ from typing import Any
 
 from pynetdicom import _config, dimse_messages
 
-__all__ = ["SpoolFile", "install_spool", "spool_dir_of", "take_spool"]
+__all__ = ["SpoolFile", "install_spool", "take_spool"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +127,6 @@ def install_spool(ae: Any, folder: Path) -> None:
     with _install_lock:
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[attr-defined]
-
-
-def spool_dir_of(ae: Any) -> Path | None:
-    """The spool folder of an AE set up with :func:`install_spool`."""
-    return getattr(ae, _SPOOL_ATTR, None)
 
 
 def take_spool(ae: Any, path: os.PathLike[str] | str) -> SpoolFile | None:
