@@ -289,17 +289,17 @@ def _status_kib(pid: int | str, key: str) -> int:
     return 0
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` plus its child processes (dicomnode's extra receivers)."""
-    total = _status_kib(pid, "VmRSS")
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (dicomnode's extra receivers), from /proc."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         if ppid == pid:
-            total += _status_kib(int(stat.parent.name), "VmRSS")
-    return total
+            found.append(int(stat.parent.name))
+    return found
 
 
 class RssSampler(threading.Thread):
@@ -312,8 +312,14 @@ class RssSampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        children: list[int] = []
+        samples = 0
         while not self._stop_event.is_set():
-            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid))
+            if samples % 50 == 0:  # scanning /proc is costly: refresh about once a second
+                children = _children(self.pid)
+            samples += 1
+            total = sum(_status_kib(pid, "VmRSS") for pid in [self.pid, *children])
+            self.peak_kib = max(self.peak_kib, total)
             self._stop_event.wait(self.interval)
 
     def finish(self) -> int:
