@@ -127,6 +127,45 @@ def prepare_small(data_dir: Path) -> Workload:
     return _finish("b", "2000 small CT, 4 concurrent associations", folders)
 
 
+def prepare_large(data_dir: Path) -> Workload:
+    """Workload (c): one 157 MB multi-frame instance (300 frames of 512x512, 16 bits).
+
+    It shows that a receiver's memory does not grow with the size of an instance.
+    """
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    folder = data_dir / "c_large"
+    if len(_dicom_files(folder)) != 1:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        print(f"writing one 157 MB multi-frame instance in {folder} ...", flush=True)
+        uid = generate_uid(entropy_srcs=["dicomnode-bench", "large", "instance"])
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7.3")
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+        ds.SOPInstanceUID = uid
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["dicomnode-bench", "large", "study"])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["dicomnode-bench", "large", "series"])
+        ds.PatientName, ds.PatientID, ds.Modality = "Bench^Large", "BENCHL", "OT"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = 512
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.NumberOfFrames = 300
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+        ds.FrameTime = 40
+        frames = np.arange(300 * 512 * 512, dtype=np.uint32).astype(np.uint16)
+        ds.PixelData = frames.tobytes()
+        del frames
+        ds.save_as(folder / "0001.dcm", enforce_file_format=True)
+    return _finish("c", "one 157 MB multi-frame instance, 1 association", [folder])
+
+
 # -- receivers -------------------------------------------------------------------------
 
 
@@ -468,7 +507,7 @@ def machine_facts() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse options, prepare the data, run every repeat, print and save the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("a", "b", "all"), default="all")
+    parser.add_argument("--workload", choices=("a", "b", "c", "all"), default="all")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
     parser.add_argument("--json", type=Path, help="save runs and summaries as JSON here")
@@ -488,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         workloads.append(prepare_ct(args.data_dir))
     if args.workload in ("b", "all"):
         workloads.append(prepare_small(args.data_dir))
+    if args.workload in ("c", "all"):
+        workloads.append(prepare_large(args.data_dir))
     facts = machine_facts()
     print(f"machine: {facts}")
     scratch = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.scratch))
