@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dicomnode.errors import ConfigError
 
 __all__ = [
+    "ModelsSettings",
     "NodeSettings",
     "PeerSettings",
     "PipelineSettings",
@@ -120,6 +121,13 @@ class RetentionSettings(_Section):
     check_seconds: Annotated[float, Field(gt=0)] = 300
 
 
+class ModelsSettings(_Section):
+    """The ``[models]`` section: where model files (TOML manifest + TorchScript/ONNX) live."""
+
+    #: Folders searched for ``*.toml`` model manifests, besides ``data_dir/models``.
+    dirs: tuple[Path, ...] = ()
+
+
 class WebSettings(_Section):
     """The ``[web]`` section."""
 
@@ -185,6 +193,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()
     retention: RetentionSettings = RetentionSettings()
+    models: ModelsSettings = ModelsSettings()
     peers: tuple[PeerSettings, ...] = ()
     routes: tuple[RouteSettings, ...] = ()
     pipelines: tuple[PipelineSettings, ...] = ()
@@ -228,6 +237,14 @@ class Settings(BaseSettings):
         if not path.is_absolute() and self.source is not None:
             path = self.source.parent / path
         return path.resolve()
+
+    @property
+    def model_dirs(self) -> tuple[Path, ...]:
+        """Folders with model manifests: ``[models] dirs`` (resolved like data_dir), then
+        ``data_dir/models``."""
+        base = self.source.parent if self.source is not None else Path.cwd()
+        dirs = tuple((p if p.is_absolute() else base / p).resolve() for p in self.models.dirs)
+        return (*dirs, self.data_dir / "models")
 
     @property
     def receive_processes(self) -> int:

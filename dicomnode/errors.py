@@ -9,6 +9,8 @@ One root and one subclass per stage, so callers can catch a whole stage::
     │   ├── DatasetMismatchError   command and dataset UIDs differ   -> 0xA900
     │   └── StorageError           disk or database failure          -> 0xA700
     ├── DatabaseError          the index (database) failed
+    ├── WorkerError            a job's images cannot be processed
+    │   └── VolumeError            a series' files do not make one volume
     └── SendError              a C-STORE to a peer failed
 
 Errors carry the UIDs involved so a log line or a stored error text can name them
@@ -26,6 +28,8 @@ __all__ = [
     "ReceiveError",
     "SendError",
     "StorageError",
+    "VolumeError",
+    "WorkerError",
 ]
 
 
@@ -71,3 +75,23 @@ class DatabaseError(DicomnodeError):
 
 class SendError(DicomnodeError):
     """A C-STORE to a peer failed."""
+
+
+class WorkerError(DicomnodeError):
+    """A job's images cannot be turned into what the model or the outputs need."""
+
+
+class VolumeError(WorkerError):
+    """The instances of a series cannot make one volume.
+
+    Parameters
+    ----------
+    message
+        Why (mixed orientation, a missing slice, ...), naming UIDs only.
+    series_instance_uid
+        The series concerned, when known.
+    """
+
+    def __init__(self, message: str, series_instance_uid: str | None = None) -> None:
+        super().__init__(message)
+        self.series_instance_uid = series_instance_uid

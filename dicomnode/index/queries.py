@@ -20,8 +20,8 @@ from dicomnode.index.schema import (
 
 __all__ = [
     "IdCache",
-    "SeriesFiles",
     "StableStudy",
+    "StudyImage",
     "StudySummary",
     "close_association",
     "find_completed_studies",
@@ -30,7 +30,7 @@ __all__ = [
     "mark_study_stable",
     "open_association",
     "record_instances",
-    "study_series_files",
+    "study_images",
 ]
 
 
@@ -325,23 +325,53 @@ def list_studies(session: Session, limit: int = 100) -> list[StudySummary]:
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesFiles:
-    """A series of a study and its instance files (relative to ``data_dir``)."""
+class StudyImage:
+    """One instance of a study with the header values view grouping needs.
+
+    ``path`` is relative to ``data_dir`` when it comes from the index; the training
+    loader fills the same record from files it reads, with absolute paths.
+    """
 
     series_instance_uid: str
-    modality: str | None
-    series_description: str | None
-    paths: tuple[str, ...]
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    body_part_examined: str | None = None
+    instance_number: int | None = None
+    image_type: str | None = None
+    view_position: str | None = None
+    laterality: str | None = None
+    image_plane: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int = 1
+    received_at: datetime | None = None
 
 
-def study_series_files(session: Session, study_id: int) -> list[SeriesFiles]:
-    """Every series of a study with its files, instances in Instance Number order."""
+def study_images(session: Session, study_id: int) -> list[StudyImage]:
+    """Every instance of a study, by series number then Instance Number."""
     rows = session.execute(
         select(
             SeriesRecord.series_instance_uid,
-            SeriesRecord.modality,
-            SeriesRecord.series_description,
+            InstanceRecord.sop_instance_uid,
+            InstanceRecord.sop_class_uid,
             InstanceRecord.path,
+            SeriesRecord.modality,
+            SeriesRecord.series_number,
+            SeriesRecord.series_description,
+            SeriesRecord.body_part_examined,
+            InstanceRecord.instance_number,
+            InstanceRecord.image_type,
+            InstanceRecord.view_position,
+            InstanceRecord.laterality,
+            InstanceRecord.image_plane,
+            InstanceRecord.rows,
+            InstanceRecord.columns,
+            InstanceRecord.number_of_frames,
+            InstanceRecord.received_at,
         )
         .join(InstanceRecord, InstanceRecord.series_id == SeriesRecord.id)
         .where(SeriesRecord.study_id == study_id)
@@ -352,10 +382,4 @@ def study_series_files(session: Session, study_id: int) -> list[SeriesFiles]:
             InstanceRecord.id,
         )
     ).all()
-    grouped: dict[str, tuple[str | None, str | None, list[str]]] = {}
-    for uid, modality, description, path in rows:
-        grouped.setdefault(uid, (modality, description, []))[2].append(path)
-    return [
-        SeriesFiles(uid, modality, description, tuple(paths))
-        for uid, (modality, description, paths) in grouped.items()
-    ]
+    return [StudyImage(*row) for row in rows]

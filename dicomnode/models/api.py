@@ -1,18 +1,46 @@
-"""The model interface the worker calls (the typed view/label API grows in issue 4).
+"""The model interface the worker calls: views in, a typed result out.
 
-A model has a ``name`` and ``version``, is built once per worker process (weights
-stay loaded between jobs) and turns one study into a JSON-able result. A study it
-cannot process (a required view is missing) raises :class:`NotApplicable` with the
-reason; that ends the job as ``not_applicable``, which is not an error.
+A model declares the *views* it takes (:class:`ViewSpec`: a named series rule, required
+or optional, with a preference when several series fit), the segment labels it draws
+and the classes it scores, each with a coded concept. The worker groups a study's
+series into those views, builds one :class:`Volume` per view and calls
+:meth:`Model.predict` with a :class:`StudyViews`. The model answers a
+:class:`ModelResult`: label masks on the source geometry, class probabilities,
+findings with measurements and image regions. A study it cannot process raises
+:class:`NotApplicable` with the reason; that ends the job as ``not_applicable``,
+which is not an error.
+
+Models have no I/O of their own: they never read DICOM or the index. Weights are
+loaded once when the model is built and stay loaded between jobs.
 """
 
 from __future__ import annotations
 
+import enum
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Model", "NotApplicable", "SeriesInput", "StudyInput"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ClassLabel",
+    "Code",
+    "Finding",
+    "Model",
+    "ModelResult",
+    "NotApplicable",
+    "Preference",
+    "Region",
+    "SegmentLabel",
+    "SeriesRule",
+    "StudyViews",
+    "View",
+    "ViewSpec",
+    "Volume",
+]
 
 
 class NotApplicable(Exception):
@@ -20,31 +48,337 @@ class NotApplicable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesInput:
-    """One series of the study, as the index knows it."""
+class Code:
+    """A coded concept (PS3.3 Code Sequence Macro): value, scheme and meaning.
 
-    series_instance_uid: str
-    modality: str | None
-    series_description: str | None
-    files: tuple[Path, ...]
+    ``scheme`` is a Coding Scheme Designator such as ``SCT`` (SNOMED CT) or ``DCM``.
+    """
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for name in ("value", "scheme", "meaning"):
+            text = getattr(self, name)
+            if not text or len(text) > 64:
+                raise ValueError(f"Code.{name} must have 1 to 64 characters, got {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
-class StudyInput:
-    """A study handed to a model."""
+class SegmentLabel:
+    """One segment a model draws (becomes a SEG segment).
+
+    Attributes
+    ----------
+    number
+        Segment number, 1 for the first label; masks are ordered by it.
+    name
+        Short label, e.g. ``lesion``.
+    category, type
+        Segmented Property Category and Type codes (PS3.16 CID 7150 / 7151).
+    """
+
+    number: int
+    name: str
+    category: Code
+    type: Code
+
+
+@dataclass(frozen=True, slots=True)
+class ClassLabel:
+    """One class a model scores, e.g. ``suspicious`` with its finding code."""
+
+    name: str
+    code: Code
+
+
+class Preference(enum.StrEnum):
+    """How to choose among several series that fit one view, in the order given."""
+
+    ORIGINAL = "original"  # ImageType ORIGINAL before DERIVED
+    MOST_INSTANCES = "most_instances"  # more slices (or frames) first
+    LATEST = "latest"  # most recently received first
+
+
+def _upper(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v.upper() for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRule:
+    """Which series may fill a view. Empty fields match anything.
+
+    Every non-empty field must match: a tuple means any of its values (compared
+    case-insensitively); ``series_description`` is a regular expression searched
+    case-insensitively; ``image_type`` lists values ImageType must all contain.
+
+    Attributes
+    ----------
+    modality, laterality, view_position, image_plane, body_part
+        Modality, ImageLaterality/Laterality (``L``, ``R``), ViewPosition (``CC``,
+        ``MLO``, ``PA``, ``LL``, ...), the plane derived from ImageOrientationPatient
+        (``AXIAL``, ``CORONAL``, ``SAGITTAL``, ``OBLIQUE``), BodyPartExamined.
+    series_description
+        Regular expression, or None.
+    image_type
+        Values ImageType must contain, e.g. ``("ORIGINAL",)``.
+    min_instances
+        Fewest frames (instances times frames) the series must have.
+    """
+
+    modality: tuple[str, ...] = ()
+    laterality: tuple[str, ...] = ()
+    view_position: tuple[str, ...] = ()
+    image_plane: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    series_description: str | None = None
+    image_type: tuple[str, ...] = ()
+    min_instances: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("modality", "laterality", "view_position", "image_plane", "body_part"):
+            object.__setattr__(self, name, _upper(getattr(self, name)))
+        object.__setattr__(self, "image_type", _upper(self.image_type))
+        if self.series_description is not None:
+            try:
+                re.compile(self.series_description)
+            except re.error as exc:
+                raise ValueError(
+                    f"SeriesRule.series_description is not a regular expression: {exc}"
+                ) from None
+        if self.min_instances < 1:
+            raise ValueError(f"SeriesRule.min_instances must be >= 1, got {self.min_instances}")
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """A named view a model takes: a series rule, required or optional, a preference."""
+
+    name: str
+    rule: SeriesRule
+    required: bool = True
+    prefer: tuple[Preference, ...] = (
+        Preference.ORIGINAL,
+        Preference.MOST_INSTANCES,
+        Preference.LATEST,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A series (or one image) as an array with its patient geometry.
+
+    Attributes
+    ----------
+    array
+        ``float32`` array (slices, rows, columns), rescale slope/intercept applied
+        (Hounsfield units for CT). A single 2D image has one slice. Colour images
+        are converted to luminance.
+    spacing
+        (between slices, between rows, between columns), millimetres. The first is
+        the slice spacing along the normal (SliceThickness, or 1.0 for one image).
+    origin
+        ImagePositionPatient of the first slice, or (0, 0, 0) when the image has none
+        (projection radiography).
+    orientation
+        ImageOrientationPatient (row direction then column direction).
+    sop_instance_uids, frame_numbers
+        Per slice: the source instance and its 1-based frame number, so masks on
+        this grid can be referenced back to the source images.
+    series_instance_uid, frame_of_reference_uid
+        Source series and its Frame of Reference (None when the header has none).
+    """
+
+    array: npt.NDArray[np.float32]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    orientation: tuple[float, float, float, float, float, float]
+    sop_instance_uids: tuple[str, ...]
+    frame_numbers: tuple[int, ...]
+    series_instance_uid: str
+    frame_of_reference_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(
+                f"Volume.array must be 3D (slices, rows, columns), got {self.array.ndim}D"
+            )
+        slices = self.array.shape[0]
+        if len(self.sop_instance_uids) != slices or len(self.frame_numbers) != slices:
+            raise ValueError(
+                "Volume.sop_instance_uids and frame_numbers need one entry per slice "
+                f"({slices}), got {len(self.sop_instance_uids)} and {len(self.frame_numbers)}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns)."""
+        s, r, c = self.array.shape
+        return int(s), int(r), int(c)
+
+    @property
+    def normal(self) -> npt.NDArray[np.float64]:
+        """Unit slice normal, row direction x column direction."""
+        row = np.asarray(self.orientation[:3], dtype=np.float64)
+        col = np.asarray(self.orientation[3:], dtype=np.float64)
+        n = np.cross(row, col)
+        return n / np.linalg.norm(n)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One view handed to a model: the volume plus the header values it was chosen by."""
+
+    name: str
+    volume: Volume
+    modality: str | None = None
+    laterality: str | None = None
+    view_position: str | None = None
+    series_description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyViews:
+    """What :meth:`Model.predict` gets: the study's views by name, and the options.
+
+    Optional views that no series fits are absent from ``views`` and named in
+    ``missing``. ``options`` are the pipeline's ``options`` table.
+    """
 
     study_instance_uid: str
-    series: tuple[SeriesInput, ...]
-    options: dict[str, object] = field(default_factory=dict)
+    views: Mapping[str, View]
+    missing: tuple[str, ...] = ()
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """An image region: a box on one slice of one view, in pixel coordinates.
+
+    ``row0, column0`` is the top-left pixel, ``row1, column1`` one past the
+    bottom-right, as in numpy slicing.
+    """
+
+    view: str
+    slice_index: int
+    row0: int
+    column0: int
+    row1: int
+    column1: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One finding: a coded concept, its probability, measurements and where it is.
+
+    Attributes
+    ----------
+    code
+        What was found (e.g. SCT "Mass").
+    probability
+        Model's probability for it, 0 to 1.
+    laterality
+        ``L``/``R`` for a finding in one breast or lung, else None.
+    views
+        Names of the views the finding was made on (every view for a study-level
+        multi-view classification).
+    segment_number
+        The :class:`SegmentLabel` number whose mask holds this finding, if any.
+    measurements
+        Name -> (value, UCUM unit), e.g. ``{"volume": (523.6, "mm3")}``.
+    regions
+        Boxes locating the finding.
+    """
+
+    code: Code
+    probability: float
+    laterality: str | None = None
+    views: tuple[str, ...] = ()
+    segment_number: int | None = None
+    measurements: Mapping[str, tuple[float, str]] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"Finding.probability must be in [0, 1], got {self.probability}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResult:
+    """What a model found in one study.
+
+    Attributes
+    ----------
+    masks
+        View name -> boolean array (labels, slices, rows, columns) on that view's
+        source grid, one plane per :class:`SegmentLabel` in ``Model.labels`` order.
+    probabilities
+        Class name -> probability, at study level (``Model.classes``), plus any
+        per-laterality entries a model documents (e.g. ``L:suspicious``).
+    findings
+        Coded findings with measurements and regions.
+    summary
+        Any further JSON-able values the job record should keep.
+    """
+
+    masks: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+    findings: tuple[Finding, ...] = ()
+    summary: Mapping[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The result without its masks (those are stored as files), as JSON values."""
+        return {
+            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
+            "findings": [_finding_json(f) for f in self.findings],
+            "masks": {
+                view: {"shape": list(mask.shape), "voxels": [int(m.sum()) for m in mask]}
+                for view, mask in self.masks.items()
+            },
+            **dict(self.summary),
+        }
+
+
+def _finding_json(finding: Finding) -> dict[str, object]:
+    return {
+        "code": [finding.code.value, finding.code.scheme, finding.code.meaning],
+        "probability": round(float(finding.probability), 6),
+        "laterality": finding.laterality,
+        "views": list(finding.views),
+        "segment_number": finding.segment_number,
+        "measurements": {k: [round(float(v), 3), u] for k, (v, u) in finding.measurements.items()},
+        "regions": [
+            [r.view, r.slice_index, r.row0, r.column0, r.row1, r.column1] for r in finding.regions
+        ],
+    }
 
 
 @runtime_checkable
 class Model(Protocol):
-    """What the worker needs from a model."""
+    """What the worker needs from a model.
+
+    Attributes
+    ----------
+    name, version
+        Identify the model (and the algorithm in its outputs).
+    description
+        One line for ``dicomnode models``.
+    views
+        The views it takes.
+    labels
+        Segment labels it draws (empty for a classifier).
+    classes
+        Classes it scores (empty for a pure segmenter).
+    """
 
     name: str
     version: str
+    description: str
+    views: tuple[ViewSpec, ...]
+    labels: tuple[SegmentLabel, ...]
+    classes: tuple[ClassLabel, ...]
 
-    def predict(self, study: StudyInput) -> dict[str, object]:
+    def predict(self, study: StudyViews) -> ModelResult:
         """Process one study; raise NotApplicable when it does not apply."""
         ...

@@ -175,6 +175,19 @@ class CtPhantom:
             _draw_lesions(self, labels[k], k, values=None)
         return labels
 
+    def body_mask(self) -> npt.NDArray[np.bool_]:
+        """Return the body (outer skin ellipse, fat rim included) on the voxel grid.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``bool`` array of shape (slices, rows, columns); the body is the same
+            cylinder on every slice.
+        """
+        section = np.zeros((self.rows, self.columns), dtype=np.uint8)
+        _fill_ellipse(section, self, (0.0, 0.0), _BODY_SEMI_AXES, 1)
+        return np.broadcast_to(section.astype(bool), (self.slices, self.rows, self.columns)).copy()
+
     @property
     def _z_range(self) -> tuple[float, float]:
         z0 = self.origin[2]

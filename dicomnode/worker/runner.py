@@ -21,12 +21,16 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import PipelineSettings, Settings
+from dicomnode.errors import VolumeError
 from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, heartbeat, release_job
-from dicomnode.index.queries import study_series_files
+from dicomnode.index.queries import study_images
 from dicomnode.index.schema import JobState, utc_now
-from dicomnode.models.api import Model, NotApplicable, SeriesInput, StudyInput
+from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
+from dicomnode.worker.results import save_masks
+from dicomnode.worker.views import Candidate, find_candidates, group_views
+from dicomnode.worker.volumes import load_volume
 
 __all__ = ["Worker"]
 
@@ -46,7 +50,7 @@ class Worker:
         self.pipelines = {p.name: p for p in settings.pipelines}
         self.models: dict[str, Model] = {}
         #: Only jobs for models installed here are claimed (GPU hosts may run more).
-        self.model_names = available_models()
+        self.model_names = available_models(settings.model_dirs)
         self.stop = threading.Event()
         self.jobs_run = 0
         self.device = "cpu"
@@ -134,35 +138,66 @@ class Worker:
         )
 
     def _pipeline(self, job: ClaimedJob, timings: dict[str, float]) -> dict[str, object]:
+        """Load the study's views, run the model, keep its masks; return the job result."""
         pipeline = self._pipeline_settings(job)
         started = time.perf_counter()
         model = self._model(job.model)
         timings["model_load"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         with self.session_factory() as session:
-            series = study_series_files(session, job.study_id)
-        data_dir = self.settings.data_dir
-        study = StudyInput(
+            images = study_images(session, job.study_id)
+        groups = group_views(model.views, find_candidates(images))
+        study = StudyViews(
             study_instance_uid=job.study_instance_uid,
-            series=tuple(
-                SeriesInput(s.series_instance_uid, s.modality, s.series_description,
-                            tuple(data_dir / Path(p) for p in s.paths))
-                for s in series
-            ),
+            views={name: self._view(name, c) for name, c in groups.chosen.items()},
+            missing=groups.missing,
             options=dict(pipeline.options) if pipeline is not None else {},
-        )  # fmt: skip
+        )
         timings["load"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         result = model.predict(study)
         timings["model"] = round(time.perf_counter() - started, 3)
-        return {"model": model.name, "model_version": model.version, **result}
+        views = {
+            name: {
+                "series_instance_uid": c.series_instance_uid,
+                "frames": c.frames,
+                "candidates": groups.matches[name],
+            }
+            for name, c in groups.chosen.items()
+        }
+        out: dict[str, object] = {
+            "model": model.name,
+            "model_version": model.version,
+            "views": views,
+            "missing_views": list(groups.missing),
+            **result.to_json(),
+        }
+        if result.masks:
+            out["masks_file"] = save_masks(self.settings.data_dir, job.id, result.masks)
+        return out
+
+    def _view(self, name: str, candidate: Candidate) -> View:
+        """Build one view's volume; a series that cannot be one volume is not applicable."""
+        paths = [self.settings.data_dir / Path(p) for p in candidate.paths]
+        try:
+            volume = load_volume(paths)
+        except VolumeError as exc:
+            raise NotApplicable(f"view {name!r}: {exc}") from exc
+        return View(
+            name=name,
+            volume=volume,
+            modality=candidate.modality,
+            laterality=candidate.laterality,
+            view_position=candidate.view_position,
+            series_description=candidate.series_description,
+        )
 
     def _pipeline_settings(self, job: ClaimedJob) -> PipelineSettings | None:
         return self.pipelines.get(job.pipeline)
 
     def _model(self, name: str) -> Model:
         if name not in self.models:
-            self.models[name] = load_model(name, self.device)
+            self.models[name] = load_model(name, self.device, self.settings.model_dirs)
         return self.models[name]
 
     def _guard(self, job: ClaimedJob, done: threading.Event) -> None:

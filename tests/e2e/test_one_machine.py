@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicomnode.index.schema import JobRecord, JobState, StudyRecord
-from tests.factories import encode, small_ct
+from dicomnode.synth.ct import build_ct_series
+from tests.factories import encode
 from tests.nodeproc import NodeProcess
 from tests.scu import storescu
 
@@ -46,17 +48,15 @@ model = "test-fail"
 
 
 def write_study(folder: Path, n: int, description: str = "plain") -> str:
+    """One CT series of ``n`` 16 x 16 slices (a real stack: the worker builds a volume)."""
     folder.mkdir(parents=True)
-    first = small_ct()
-    first.SeriesDescription = description
-    for i in range(n):
-        ds = small_ct(
-            study_instance_uid=first.StudyInstanceUID, series_instance_uid=first.SeriesInstanceUID
-        )
-        ds.SeriesDescription = description
-        ds.InstanceNumber = i + 1
+    study_uid = generate_uid()
+    series = build_ct_series(
+        slices=n, rows=16, columns=16, study_instance_uid=study_uid, series_description=description
+    )
+    for i, ds in enumerate(series):
         (folder / f"{i}.dcm").write_bytes(encode(ds))
-    return str(first.StudyInstanceUID)
+    return study_uid
 
 
 def wait_for_jobs(node: NodeProcess, count: int, timeout: float = 60) -> list[JobRecord]:
