@@ -85,7 +85,7 @@ def _image(ds: Dataset, path: Path) -> StudyImage:
         image_type=_text(ds, "ImageType"),
         view_position=_text(ds, "ViewPosition"),
         laterality=_text(ds, "ImageLaterality") or _text(ds, "Laterality"),
-        image_plane=image_plane(ds.get("ImageOrientationPatient")),
+        image_plane=image_plane(list(ds.get("ImageOrientationPatient") or [])),
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
