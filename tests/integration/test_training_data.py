@@ -66,3 +66,33 @@ def test_non_dicom_files_are_skipped_and_unfit_studies_counted(tmp_path: Path) -
     studies, report = load_labelled_studies(tmp_path, SagittalMr())
     assert studies == []
     assert sum(report.not_applicable.values()) == 1
+
+
+MG_VIEWS = tuple(
+    ViewSpec(f"{s}-{p}", SeriesRule(modality=("MG",), laterality=(s,), view_position=(p,)))
+    for s in ("L", "R")
+    for p in ("CC", "MLO")
+)
+
+
+class FourViewMg(AxialCtViews):
+    views = MG_VIEWS
+
+
+def test_mammography_truth_lands_on_the_view_of_its_image(tmp_path: Path) -> None:
+    from dicomnode.synth.mg import build_mg_study
+
+    write_demo_data(tmp_path, DemoOptions(ct=0, mg=3, cxr=0, seed=2, mg_rows=128))
+    studies, report = load_labelled_studies(tmp_path, FourViewMg())
+    assert report.studies == 3
+    expected = {}
+    for seed in range(2, 5):
+        mg = build_mg_study(seed, rows=128, columns=104, patient_id=f"DEMO-MG-{seed:04d}")
+        expected[mg.study_instance_uid] = mg
+    for study in studies:
+        truth = expected[study.study.study_instance_uid]
+        for segment in study.segments:
+            view_masks = truth.masks[segment.view]
+            assert any(np.array_equal(segment.mask, plane) for plane in view_masks)
+        breasts_with_truth = {s.view[0] for s in study.segments}
+        assert breasts_with_truth == {side for side, f in truth.findings.items() if f != "normal"}
