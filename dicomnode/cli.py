@@ -142,7 +142,7 @@ def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
     engine, session_factory, ingest, server = _receiving(settings)
-    scheduler = build_scheduler(settings, session_factory)
+    scheduler = build_scheduler(settings, session_factory, _sender(settings, session_factory))
     scheduler.start()
     roles = ["receive"] * (settings.receive_processes - 1)
     roles += ["worker"] * (settings.worker.count if with_workers else 0)
@@ -633,6 +633,70 @@ def rules_test(ctx: click.Context, files: tuple[Path, ...], calling_ae: str | No
             click.echo(f"  {kind} {name}: {verdict}")
             for line in result.explain().splitlines():
                 click.echo(f"    {line}")
+
+
+# -- deliveries ------------------------------------------------------------------------
+
+
+def _sender(settings: Settings, session_factory: Any) -> Any:
+    """The scheduler's sending job: send the due deliveries of this node."""
+    from dicomnode.send.deliveries import default_owner, send_due_deliveries
+
+    owner = default_owner()
+    return lambda: send_due_deliveries(settings, session_factory, owner)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--limit", default=50, show_default=True, help="Most recent deliveries to show.")
+@click.option("--state", default=None, help="Only deliveries in this state (pending, sent, ...).")
+@click.pass_context
+def deliveries(ctx: click.Context, limit: int, state: str | None) -> None:
+    """List deliveries to peers with their state, attempts and last status."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings(ctx.find_root())
+    _logging(ctx.find_root())
+    from dicomnode.index.deliveries import list_deliveries
+    from dicomnode.index.schema import DeliveryState
+
+    try:
+        wanted = DeliveryState(state) if state else None
+    except ValueError:
+        raise click.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
+    with _session_factory(settings)() as session:
+        rows = list_deliveries(session, limit, wanted)
+    table = Table("ID", "What", "SOP Instance UID", "Peer", "State", "Tries", "Status", "Error",
+                  "Sent at")  # fmt: skip
+    for row in rows:
+        status = "" if row.last_status is None else f"0x{row.last_status:04X}"
+        sent = row.sent_at.strftime("%Y-%m-%d %H:%M:%S") if row.sent_at else ""
+        what = row.what if row.route is None else f"{row.what} ({row.route})"
+        table.add_row(
+            str(row.id), what, row.sop_instance_uid, row.peer, row.state, str(row.attempts),
+            status, (row.error or "")[:80], sent,
+        )  # fmt: skip
+    Console(width=220).print(table)
+
+
+@deliveries.command("retry")
+@click.argument("delivery_ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option("--failed", is_flag=True, help="Retry every failed delivery.")
+@click.pass_context
+def deliveries_retry(ctx: click.Context, delivery_ids: tuple[int, ...], failed: bool) -> None:
+    """Send deliveries ID... (or every failed one) again now."""
+    if not delivery_ids and not failed:
+        raise click.UsageError("name delivery IDs or pass --failed")
+    settings = _settings(ctx.find_root())
+    _logging(ctx.find_root())
+    from dicomnode.index.deliveries import retry_deliveries
+
+    with _session_factory(settings)() as session:
+        queued = retry_deliveries(session, delivery_ids, failed=failed)
+    missing = sorted(set(delivery_ids) - set(queued))
+    click.echo(f"{len(queued)} deliveries queued")
+    if missing:
+        listed = ", ".join(map(str, missing))
+        raise click.ClickException(f"not queued (unknown, being sent, or invalid): {listed}")
 
 
 def main() -> None:

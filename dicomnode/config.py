@@ -17,7 +17,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -38,6 +38,7 @@ __all__ = [
     "PipelineSettings",
     "RetentionSettings",
     "RouteSettings",
+    "SendSettings",
     "Settings",
     "WebSettings",
     "WorkerSettings",
@@ -135,6 +136,18 @@ class WebSettings(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
 
+class SendSettings(_Section):
+    """The ``[send]`` section: how deliveries to peers are retried."""
+
+    #: First retry delay after 0xA7xx or a network error; doubles per attempt, with jitter.
+    retry_backoff_seconds: Annotated[float, Field(gt=0)] = 2
+    #: The longest wait between two attempts: a peer that was down gets everything
+    #: within this long of its return.
+    max_backoff_seconds: Annotated[float, Field(gt=0)] = 300
+    #: Deliveries claimed per run (one association per peer among them).
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 200
+
+
 class PeerSettings(_Section):
     """One ``[[peers]]`` entry: a remote AE."""
 
@@ -142,6 +155,8 @@ class PeerSettings(_Section):
     ae_title: str
     host: str
     port: Annotated[int, Field(ge=1, le=65535)]
+    #: The output encodings this peer takes (SC: for viewers that cannot show SEG).
+    accepts: tuple[Literal["seg", "sr", "sc"], ...] = ("seg", "sr")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -194,6 +209,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     retention: RetentionSettings = RetentionSettings()
     models: ModelsSettings = ModelsSettings()
+    send: SendSettings = SendSettings()
     peers: tuple[PeerSettings, ...] = ()
     routes: tuple[RouteSettings, ...] = ()
     pipelines: tuple[PipelineSettings, ...] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, select, update
@@ -26,6 +27,7 @@ __all__ = [
     "close_association",
     "find_completed_studies",
     "find_instances",
+    "job_folder",
     "list_studies",
     "mark_study_stable",
     "open_association",
@@ -383,3 +385,11 @@ def study_images(session: Session, study_id: int) -> list[StudyImage]:
         )
     ).all()
     return [StudyImage(*row) for row in rows]
+
+
+def job_folder(data_dir: Path, job_id: int) -> Path:
+    """The folder of a job's files under ``data_dir``: its masks and its DICOM outputs.
+
+    Retention deletes it with the study; a rerun of the job writes into it again.
+    """
+    return data_dir / "results" / f"job-{job_id}"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Enum,
     ForeignKey,
@@ -34,6 +35,9 @@ __all__ = [
     "InstanceRecord",
     "JobRecord",
     "JobState",
+    "OutputKind",
+    "OutputRecord",
+    "OutputState",
     "SeriesRecord",
     "StudyRecord",
     "StudyState",
@@ -92,6 +96,21 @@ class DeliveryState(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"  # a permanent refusal by the peer
     DEAD = "dead"
+
+
+class OutputKind(enum.StrEnum):
+    """The encoding of an output; a peer's ``accepts`` lists the kinds it takes."""
+
+    SEG = "seg"  # DICOM Segmentation
+    SR = "sr"  # Structured Report, TID 1500 measurement report
+    SC = "sc"  # Secondary Capture with the overlay burned in
+
+
+class OutputState(enum.StrEnum):
+    """Whether an output passed the validation gate (SPEC §7); only valid ones are sent."""
+
+    VALID = "valid"
+    INVALID = "invalid"
 
 
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
@@ -242,14 +261,47 @@ class JobRecord(Base):
     )
 
 
+class OutputRecord(Base):
+    """One DICOM object a job produced (SEG, SR or SC), kept under ``data_dir``.
+
+    The SOP Instance UID is deterministic per job, so a rerun replaces the row (and
+    re-queues its deliveries) instead of adding a second one (SPEC §5).
+    """
+
+    __tablename__ = "outputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[OutputKind] = mapped_column(_enum(OutputKind, "output_kind"))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    #: Relative to ``data_dir``.
+    path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[OutputState] = mapped_column(_enum(OutputState, "output_state"))
+    #: The validator's message for an invalid output (None when valid).
+    validation: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+
+
 class DeliveryRecord(Base):
-    """One item (a routed instance, later an output) to send to one peer."""
+    """One item, a routed instance or a job's output, to send to one peer.
+
+    Exactly one of ``instance_id`` and ``output_id`` is set. A pending delivery is
+    claimable once ``run_after`` has passed; a sender's claim moves ``run_after``
+    ahead by its lease, so a sender that dies mid-batch loses nothing.
+    """
 
     __tablename__ = "deliveries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    output_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outputs.id", ondelete="CASCADE"), index=True
     )
     route: Mapped[str | None] = mapped_column(String(64))
     peer: Mapped[str] = mapped_column(String(64))
@@ -258,6 +310,8 @@ class DeliveryRecord(Base):
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     run_after: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    #: The sender holding the current claim (its lease ends at ``run_after``).
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
     last_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
@@ -265,5 +319,9 @@ class DeliveryRecord(Base):
 
     __table_args__ = (
         UniqueConstraint("instance_id", "route", "peer", name="uq_deliveries_instance_route_peer"),
+        UniqueConstraint("output_id", "peer", name="uq_deliveries_output_peer"),
+        CheckConstraint(
+            "(instance_id IS NULL) <> (output_id IS NULL)", name="ck_deliveries_one_item"
+        ),
         Index("ix_deliveries_state_run_after", "state", "run_after"),
     )

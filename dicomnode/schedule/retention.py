@@ -19,12 +19,14 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
+from dicomnode.index.queries import job_folder
 from dicomnode.index.schema import (
     DeliveryRecord,
     DeliveryState,
     InstanceRecord,
     JobRecord,
     JobState,
+    OutputRecord,
     SeriesRecord,
     StudyRecord,
     StudyState,
@@ -56,9 +58,17 @@ def _deletable(session: Session) -> Iterator[tuple[int, str]]:
         .where(InstanceRecord.series_id == SeriesRecord.id)
         .where(SeriesRecord.study_id == StudyRecord.id)
     )
+    # Results still on their way to a peer keep their study too.
+    busy_output = (
+        exists()
+        .where(DeliveryRecord.state == DeliveryState.PENDING)
+        .where(DeliveryRecord.output_id == OutputRecord.id)
+        .where(OutputRecord.job_id == JobRecord.id)
+        .where(JobRecord.study_id == StudyRecord.id)
+    )
     query = (
         select(StudyRecord.id, StudyRecord.study_instance_uid)
-        .where(StudyRecord.state == StudyState.STABLE, ~busy_job, ~busy_delivery)
+        .where(StudyRecord.state == StudyState.STABLE, ~busy_job, ~busy_delivery, ~busy_output)
         .order_by(StudyRecord.last_received_at)
     )
     yield from session.execute(query).tuples()
@@ -79,6 +89,7 @@ def _delete_study(
                 .where(SeriesRecord.study_id == study_id)
             )
         )
+        jobs = list(session.scalars(select(JobRecord.id).where(JobRecord.study_id == study_id)))
         gone = session.execute(
             delete(StudyRecord).where(
                 StudyRecord.id == study_id, StudyRecord.state == StudyState.STABLE
@@ -90,6 +101,8 @@ def _delete_study(
         session.commit()
     for path in paths:
         (data_dir / path).unlink(missing_ok=True)
+    for job_id in jobs:  # the jobs' masks and outputs went with their rows
+        shutil.rmtree(job_folder(data_dir, job_id), ignore_errors=True)
     for folder in sorted({(data_dir / p).parent for p in paths}, reverse=True):
         for empty in (folder, folder.parent):
             try:

@@ -1,4 +1,8 @@
-"""APScheduler jobs of the serving process: completion, planning, leases, retention."""
+"""APScheduler jobs of the serving process: completion, planning, leases, retention, sending.
+
+Stages talk only through the index (STYLE), so the sending job is a callable the CLI
+passes in rather than an import of :mod:`dicomnode.send`.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ from dicomnode.schedule.completion import complete_studies
 from dicomnode.schedule.plan import compile_plan
 from dicomnode.schedule.retention import apply_retention
 
-__all__ = ["build_scheduler", "scan_interval"]
+__all__ = ["SEND_INTERVAL_SECONDS", "build_scheduler", "scan_interval"]
 
 logger = logging.getLogger(__name__)
+
+#: How often due deliveries are looked for (a cheap read when there are none).
+SEND_INTERVAL_SECONDS = 1.0
 
 
 def scan_interval(quiet_seconds: float) -> float:
@@ -42,12 +49,25 @@ def _recover(settings: Settings, session_factory: sessionmaker[Session]) -> None
 
 
 def build_scheduler(
-    settings: Settings, session_factory: sessionmaker[Session]
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    send_deliveries: Callable[[], object] | None = None,
 ) -> BackgroundScheduler:
-    """A scheduler (not started) with the node's periodic jobs."""
+    """A scheduler (not started) with the node's periodic jobs.
+
+    Parameters
+    ----------
+    settings
+        The node's settings.
+    session_factory
+        Sessions on the index.
+    send_deliveries
+        Sends the due deliveries (``dicomnode.send.deliveries.send_due_deliveries``
+        bound to the node); run every second, one run at a time. None: no sending.
+    """
     scheduler = BackgroundScheduler(timezone="UTC")
     plan = compile_plan(settings)
-    periodic = {
+    periodic: dict[str, tuple[float, Callable[[], object]]] = {
         "complete_studies": (
             scan_interval(settings.node.study_quiet_seconds),
             lambda: complete_studies(settings, session_factory, plan),
@@ -61,6 +81,8 @@ def build_scheduler(
             lambda: apply_retention(settings, session_factory),
         ),
     }
+    if send_deliveries is not None:
+        periodic["send_deliveries"] = (SEND_INTERVAL_SECONDS, send_deliveries)
     for name, (seconds, work) in periodic.items():
         scheduler.add_job(
             _guarded(name, work), "interval", seconds=seconds, id=name,

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from dicomnode.index.queries import job_folder
+
 __all__ = ["load_masks", "masks_path", "save_masks"]
 
 
 def masks_path(data_dir: Path, job_id: int) -> Path:
     """Where job ``job_id``'s masks live."""
-    return data_dir / "results" / f"job-{job_id}" / "masks.npz"
+    return job_folder(data_dir, job_id) / "masks.npz"
 
 
 def save_masks(data_dir: Path, job_id: int, masks: Mapping[str, npt.NDArray[np.bool_]]) -> str:
