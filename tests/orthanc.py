@@ -233,11 +233,15 @@ class OrthancServer:
     # -- REST ------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-        """Call the REST API; the decoded JSON answer (raw bytes when not JSON)."""
-        data = None if body is None else json.dumps(body).encode()
+        """Call the REST API; the decoded JSON answer (raw bytes when not JSON).
+
+        A ``bytes`` body goes as is (``application/dicom``), anything else as JSON.
+        """
+        raw = isinstance(body, bytes)
+        data = body if raw else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/dicom" if raw else "application/json")
         with urllib.request.urlopen(req, timeout=timeout) as response:
             content = response.read()
             if response.headers.get_content_type() == "application/json":
@@ -278,6 +282,15 @@ class OrthancServer:
         """The stored DICOM file of an instance, as Orthanc keeps it."""
         data: bytes = self.get(f"/instances/{orthanc_id}/file")
         return data
+
+    def upload(self, data: bytes) -> str:
+        """Store a DICOM file through the REST API (as a modality would); its study's id."""
+        answer = self.request("POST", "/instances", data)
+        return str(answer["ParentStudy"])
+
+    def study_series(self, study_id: str) -> list[dict[str, Any]]:
+        """The series of a study, each with ``MainDicomTags`` and ``Instances``."""
+        return list(self.get(f"/studies/{study_id}/series"))
 
     def store_to(self, modality: str, resources: list[str]) -> Any:
         """Have Orthanc C-STORE ``resources`` (Orthanc ids) to a modality, synchronously."""

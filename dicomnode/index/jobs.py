@@ -52,6 +52,13 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
     created_at: datetime
+    study_version: int = 0
+
+    @property
+    def key(self) -> str:
+        """Names the job's work: study, pipeline and study version. Every attempt of the
+        job has the same key, so outputs whose UIDs derive from it replace each other."""
+        return f"{self.study_instance_uid}/{self.pipeline}/v{self.study_version}"
 
 
 def enqueue_job(
@@ -130,6 +137,7 @@ def claim_job(
             JobRecord.attempts,
             JobRecord.max_attempts,
             JobRecord.created_at,
+            JobRecord.study_version,
         )
     ).one_or_none()
     if row is None:
@@ -142,7 +150,7 @@ def claim_job(
     return ClaimedJob(
         id=row.id, study_id=row.study_id, study_instance_uid=str(uid), pipeline=row.pipeline,
         model=row.model, attempts=row.attempts, max_attempts=row.max_attempts,
-        created_at=row.created_at,
+        created_at=row.created_at, study_version=row.study_version,
     )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from dicomnode.index.schema import JobState, utc_now
 from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
+from dicomnode.worker.publish import publish_result
 from dicomnode.worker.results import save_masks
 from dicomnode.worker.views import Candidate, find_candidates, group_views
 from dicomnode.worker.volumes import load_volume
@@ -174,6 +175,12 @@ class Worker:
         }
         if result.masks:
             out["masks_file"] = save_masks(self.settings.data_dir, job.id, result.masks)
+        started = time.perf_counter()
+        published = publish_result(
+            self.settings, self.session_factory, job, model, study, groups.chosen, result
+        )
+        timings["outputs"] = round(time.perf_counter() - started, 3)
+        out["outputs"] = [p.to_json() for p in published]
         return out
 
     def _view(self, name: str, candidate: Candidate) -> View:
