@@ -175,11 +175,9 @@ class Worker:
         }
         if result.masks:
             out["masks_file"] = save_masks(self.settings.data_dir, job.id, result.masks)
-        started = time.perf_counter()
         published = publish_result(
-            self.settings, self.session_factory, job, model, study, groups.chosen, result
+            self.settings, self.session_factory, job, model, study, groups.chosen, result, timings
         )
-        timings["outputs"] = round(time.perf_counter() - started, 3)
         out["outputs"] = [p.to_json() for p in published]
         return out
 
