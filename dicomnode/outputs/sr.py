@@ -16,7 +16,11 @@ reports SCOORD3D, switch to Comprehensive 3D SR (highdicom refuses SCOORD3D here
   Manufacturer ``dicomnode``, Model Name ``<model> <version>``, and a UID derived
   from the model name and version only (:func:`~dicomnode.outputs.identity.device_uid`).
 - Procedure reported from the Modality (CT, MG, plain radiography, else imaging).
-- Image library (TID 1600): every source image of every view.
+- Image library (TID 1600): every image of a view of at most
+  :data:`LIBRARY_IMAGES_PER_VIEW` images (projection views, short series); for a
+  longer series (a CT) only the images the findings' regions lie on. The report's
+  size and build time follow the findings, not the slice count: a segment is
+  referenced with its source *series*, not every slice.
 - One measurement group per finding, with a Tracking Identifier and UID, the finding
   code as Finding, its site and laterality, the algorithm (TID 4019), the probability
   and the measurements. A finding whose segment is in a SEG gets a TID 1411
@@ -65,6 +69,7 @@ from dicomnode.outputs.identity import series_description as describe_series
 from dicomnode.outputs.seg import check_series_number
 
 __all__ = [
+    "LIBRARY_IMAGES_PER_VIEW",
     "MEASUREMENT_CONCEPTS",
     "NO_FINDING",
     "PROBABILITY",
@@ -73,6 +78,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: A view with at most this many images lists them all in the image library.
+LIBRARY_IMAGES_PER_VIEW = 16
 
 #: Concept name of a finding's probability (unit ``{ratio}``, value 0 to 1).
 PROBABILITY = codes.DCM.CertaintyOfFinding
@@ -137,6 +145,8 @@ class _View:
     by_uid: Mapping[str, Dataset]
     segmentation: hd.seg.Segmentation | None
     segment_numbers: Mapping[int, int]
+    #: The images the report names one by one (library, evidence, group sources).
+    key_images: tuple[Dataset, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +204,10 @@ def build_measurement_report(
     """
     producer = Producer(model.name, model.version, job_key)
     check_series_number(series_number)
-    views = _views(sources_by_view, volumes, segmentations or {}, segment_numbers or {})
+    views = _with_key_images(
+        _views(sources_by_view, volumes, segmentations or {}, segment_numbers or {}),
+        result.findings,
+    )
     context = _Context(producer, views, {lb.number: lb for lb in model.labels}, _anatomy(views))
     groups: list[_Group] = []
     for index, finding in enumerate(result.findings, start=1):
@@ -202,7 +215,7 @@ def build_measurement_report(
     if not result.findings:
         groups.append(_no_finding_group(context))
     groups.extend(_class_groups(context, result.probabilities, model.classes))
-    images = [ds for view in views.values() for ds in view.images]
+    images = [ds for view in views.values() for ds in view.key_images]
     library = [header for header in map(_library_header, images) if header is not None]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(producer),
@@ -220,7 +233,7 @@ def _document(
     study_uid = str(images[0].StudyInstanceUID)
     segs = [v.segmentation for v in context.views.values() if v.segmentation is not None]
     sr = hd.sr.EnhancedSR(
-        evidence=[*images, *segs],
+        evidence=[*images, *segs],  # what the content references (key images and SEGs)
         content=report,
         series_instance_uid=producer.uid("sr-series", study_uid),
         series_number=series_number,
@@ -285,6 +298,26 @@ def _views(
         images = tuple(by_uid[uid] for uid in dict.fromkeys(volume.sop_instance_uids))
         views[name] = _View(name, images, volume, by_uid, seg, numbers)
     return views
+
+
+def _with_key_images(views: dict[str, _View], findings: Sequence[Finding]) -> dict[str, _View]:
+    """Each view with the images the report names: all of a short view, else the
+    images the regions lie on (the first image when no region does)."""
+    out = {}
+    for name, view in views.items():
+        if len(view.images) <= LIBRARY_IMAGES_PER_VIEW:
+            key = view.images
+        else:
+            uids = dict.fromkeys(
+                view.volume.sop_instance_uids[r.slice_index]
+                for f in findings
+                for r in f.regions
+                if r.view == name and 0 <= r.slice_index < view.volume.shape[0]
+            )
+            key = tuple(view.by_uid[u] for u in uids) or view.images[:1]
+        out[name] = _View(view.name, view.images, view.volume, view.by_uid,
+                          view.segmentation, view.segment_numbers, key)  # fmt: skip
+    return out
 
 
 def _anatomy(views: Mapping[str, _View]) -> hd.sr.CodedConcept | None:
@@ -361,7 +394,7 @@ def _group_sources(
     return [
         hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
         for name in names
-        for ds in context.views[name].images
+        for ds in context.views[name].key_images
     ]
 
 
@@ -630,30 +663,29 @@ def _segment_reference(view: _View, seg: hd.seg.Segmentation, segment: int) -> _
     frames = _segment_frames(seg, segment)
     if not frames:
         raise ValueError(f"segment {segment} of the SEG of view {view.name!r} has no frame")
-    sources = []
-    for _, (class_uid, instance_uid, source_frame) in frames:
-        ds = view.by_uid[instance_uid]
-        sources.append(
-            hd.sr.SourceImageForSegmentation(class_uid, instance_uid, _frames(ds, source_frame))
-        )
     if view.volume.shape[0] == 1:
+        _, (class_uid, instance_uid, source_frame) = frames[0]
+        source = hd.sr.SourceImageForSegmentation(
+            class_uid, instance_uid, _frames(view.by_uid[instance_uid], source_frame)
+        )
         reference = hd.sr.ReferencedSegmentationFrame(
             sop_class_uid=str(seg.SOPClassUID),
             sop_instance_uid=str(seg.SOPInstanceUID),
             frame_number=frames[0][0],
             segment_number=segment,
-            source_image=sources[0],
+            source_image=source,
         )
         # A frame of a BINARY SEG holds one segment; Referenced Segment Number shall
         # not be present with Referenced Frame Number (PS3.3 Table 10-3), as highdicom
         # writes it.
         del reference[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
         return reference
+    # A volume's segment names its source series, not each of its (many) slices.
     return hd.sr.ReferencedSegment(
         sop_class_uid=str(seg.SOPClassUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
         segment_number=segment,
-        source_images=sources,
+        source_series=hd.sr.SourceSeriesForSegmentation(view.volume.series_instance_uid),
     )
 
 

@@ -23,7 +23,7 @@ __all__ = ["SEND_INTERVAL_SECONDS", "build_scheduler", "scan_interval"]
 logger = logging.getLogger(__name__)
 
 #: How often due deliveries are looked for (a cheap read when there are none).
-SEND_INTERVAL_SECONDS = 1.0
+SEND_INTERVAL_SECONDS = 0.25
 
 
 def scan_interval(quiet_seconds: float) -> float:
@@ -63,7 +63,7 @@ def build_scheduler(
         Sessions on the index.
     send_deliveries
         Sends the due deliveries (``dicomnode.send.deliveries.send_due_deliveries``
-        bound to the node); run every second, one run at a time. None: no sending.
+        bound to the node); run every SEND_INTERVAL_SECONDS, one run at a time. None: no sending.
     """
     scheduler = BackgroundScheduler(timezone="UTC")
     plan = compile_plan(settings)
