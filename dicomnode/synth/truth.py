@@ -37,6 +37,7 @@ from pydicom.uid import UID
 
 from dicomnode import __version__
 from dicomnode.models.api import Code, SegmentLabel
+from dicomnode.outputs.seg import check_source
 from dicomnode.worker.volumes import slice_order
 
 __all__ = ["ALGORITHM_NAME", "build_truth_segmentation", "derive_uid"]
@@ -110,7 +111,7 @@ def build_truth_segmentation(
     order = slice_order(sources)
     _check_masks(masks, labels, sources[0], len(order))
     first = sources[0]
-    _check_source(first)
+    check_source(first)
     multi_frame = any(int(ds.get("NumberOfFrames") or 1) > 1 for ds in sources)
     if multi_frame and len(sources) > 1:
         raise ValueError("sources must be single-frame instances or one multi-frame instance")
@@ -171,24 +172,6 @@ def _check_masks(
     if masks.shape != expected:
         raise ValueError(
             f"masks must have shape (labels, slices, Rows, Columns) = {expected}, got {masks.shape}"
-        )
-
-
-def _check_source(first: Dataset) -> None:
-    spacing = first.get("PixelSpacing")
-    if spacing is not None and not all(float(v) > 0 for v in spacing):
-        raise ValueError(f"source PixelSpacing must be positive, got {list(spacing)}")
-    projection = "ImageOrientationPatient" not in first or "ImagePositionPatient" not in first
-    if (
-        projection
-        and "FrameOfReferenceUID" in first
-        and spacing is not None
-        and not first.get("SliceThickness")
-    ):
-        raise ValueError(
-            "a projection source with FrameOfReferenceUID and PixelSpacing needs SliceThickness"
-            " (Pixel Measures of a SEG with a Frame of Reference); give SliceThickness, or"
-            " ImagerPixelSpacing instead of PixelSpacing"
         )
 
 
