@@ -392,6 +392,14 @@ def _session_factory(settings: Settings) -> Any:
     return make_session_factory(make_engine(settings.database_url))
 
 
+def _state(kind: Any, state: str | None) -> Any:
+    """The ``--state`` option as a member of the enum ``kind`` (None: every state)."""
+    try:
+        return kind(state) if state else None
+    except ValueError:
+        raise click.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
+
+
 @cli.group(invoke_without_command=True)
 @click.option("--limit", default=50, show_default=True, help="Most recent jobs to show.")
 @click.option("--state", default=None, help="Only jobs in this state (queued, running, ...).")
@@ -405,10 +413,7 @@ def jobs(ctx: click.Context, limit: int, state: str | None) -> None:
     from dicomnode.index.jobs import list_jobs
     from dicomnode.index.schema import JobState
 
-    try:
-        wanted = JobState(state) if state else None
-    except ValueError:
-        raise click.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
+    wanted = _state(JobState, state)
     with _session_factory(settings)() as session:
         rows = list_jobs(session, limit, wanted)
     table = Table(
@@ -659,10 +664,7 @@ def deliveries(ctx: click.Context, limit: int, state: str | None) -> None:
     from dicomnode.index.deliveries import list_deliveries
     from dicomnode.index.schema import DeliveryState
 
-    try:
-        wanted = DeliveryState(state) if state else None
-    except ValueError:
-        raise click.BadParameter(f"unknown state {state!r}", param_hint="--state") from None
+    wanted = _state(DeliveryState, state)
     with _session_factory(settings)() as session:
         rows = list_deliveries(session, limit, wanted)
     table = Table("ID", "What", "SOP Instance UID", "Peer", "State", "Tries", "Status", "Error",
