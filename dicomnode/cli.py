@@ -515,8 +515,12 @@ def _labelled(data: Path, model: Any) -> list[Any]:
     help="Folder for the weights, metrics and model card.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and training.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None,
+              help="Cap the model's epoch limit (default: the model's own).")  # fmt: skip
 @click.pass_context
-def train(ctx: click.Context, model_name: str, data: Path, out: Path, seed: int) -> None:
+def train(
+    ctx: click.Context, model_name: str, data: Path, out: Path, seed: int, max_epochs: int | None
+) -> None:
     """Train MODEL from scratch on DICOM + SEG data; write weights and a model card."""
     import datetime
     import json
@@ -528,7 +532,8 @@ def train(ctx: click.Context, model_name: str, data: Path, out: Path, seed: int)
     model = _trainable(model_name, settings)
     split = split_by_patient(_labelled(data, model), seed=seed)
     click.echo(f"split by patient: {split.counts()}")
-    record = model.fit(split.train, split.validation, seed=seed, progress=click.echo)
+    cap = {} if max_epochs is None else {"max_epochs": max_epochs}
+    record = model.fit(split.train, split.validation, seed=seed, progress=click.echo, **cap)
     metrics = model.evaluate(split.test)
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / f"{model.name}.pt")
@@ -587,12 +592,13 @@ def evaluate(ctx: click.Context, model_name: str, data: Path, every: bool, seed:
 @click.option("--seed", default=0, show_default=True, help="First seed; study i uses seed+i.")
 @click.option("--ct-slices", default=120, show_default=True, help="Slices per CT series.")
 @click.option("--ct-size", default=512, show_default=True, help="Rows and columns of a CT slice.")
+@click.option("--ct-thickness", default=1.0, show_default=True, help="CT slice spacing, mm.")
 @click.option("--mg-rows", default=512, show_default=True, help="Rows of a mammogram.")
 @click.option(
     "--cxr-size", default=512, show_default=True, help="Rows and columns of a chest image."
 )
 @click.pass_context
-def demo_data(ctx: click.Context, /, out: Path, **counts: int) -> None:
+def demo_data(ctx: click.Context, /, out: Path, **counts: Any) -> None:
     """Write synthetic studies with DICOM SEG ground truth to OUT (to try or train the node)."""
     from dicomnode.synth.studies import DemoOptions, write_demo_data
 

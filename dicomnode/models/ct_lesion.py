@@ -56,7 +56,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -314,8 +314,11 @@ class CtLesionSegModel:
         *,
         seed: int,
         progress: Progress,
+        max_epochs: int | None = None,
     ) -> dict[str, object]:
         """Train the default variant from scratch; keep the epoch with the best validation Dice.
+
+        ``max_epochs`` overrides ``TrainingConfig.max_epochs`` (and its cosine schedule).
 
         The result depends only on the studies (in any order: they are sorted by
         patient key and study UID) and ``seed``.
@@ -328,6 +331,8 @@ class CtLesionSegModel:
         if not train or not validation:
             raise ValueError("fit needs at least one training and one validation study")
         started = time.monotonic()
+        if max_epochs is not None:
+            self.training = replace(self.training, max_epochs=max_epochs)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         config, cfg = self.config, self.training

@@ -141,8 +141,12 @@ class Trainable(Protocol):
         *,
         seed: int,
         progress: Progress,
+        max_epochs: int | None = None,
     ) -> dict[str, object]:
-        """Train from scratch with early stopping on validation; return the training record."""
+        """Train from scratch with early stopping on validation; return the training record.
+
+        ``max_epochs`` caps the model's own epoch limit (None: the model's default).
+        """
         ...
 
     def evaluate(self, studies: Sequence[LabelledStudy]) -> dict[str, float]:

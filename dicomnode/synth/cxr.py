@@ -50,8 +50,8 @@ CXR_VIEWS: tuple[str, ...] = ("PA", "LAT")
 
 _FINDINGS = ("normal", "nodule")
 _FIELD_MM = 430.0
-_NODULE_RADIUS = (5.0, 11.0)
-_NODULE_CONTRAST = (0.09, 0.15)
+_NODULE_RADIUS = (7.0, 14.0)
+_NODULE_CONTRAST = (0.12, 0.20)
 _PSEUDO_COUNT_P = (0.35, 0.45, 0.20)
 _PSEUDO_SEPARATION_MM = 25.0
 

@@ -71,8 +71,8 @@ _FINDING_P = (0.5, 0.25, 0.25)
 _FIELD_MM = (256.0, 208.0)
 
 # Lesion kinds and their parameter ranges (radius mm, contrast on the 0-1 scale).
-_RADIUS = {"round": (5.0, 11.0), "spiculated": (4.0, 8.0), "calcifications": (4.0, 9.0)}
-_CONTRAST = {"round": (0.10, 0.17), "spiculated": (0.10, 0.17), "calcifications": (0.30, 0.5)}
+_RADIUS = {"round": (5.0, 11.0), "spiculated": (6.0, 10.0), "calcifications": (4.0, 9.0)}
+_CONTRAST = {"round": (0.10, 0.17), "spiculated": (0.11, 0.18), "calcifications": (0.35, 0.55)}
 _PSEUDO_KINDS = ("round", "spiculated", "calcifications")
 _PSEUDO_KIND_P = (0.40, 0.35, 0.25)
 _PSEUDO_COUNT_P = (0.35, 0.45, 0.20)

@@ -158,7 +158,7 @@ def draw_blob(image: FloatArray, grid: Grid, blob: Blob) -> npt.NDArray[np.bool_
     clusters are outlined in practice).
     """
     rng = np.random.default_rng(blob.seed)
-    extent = blob.radius * (3.2 if blob.kind == "spiculated" else 1.6) + 2.0
+    extent = blob.radius * (4.2 if blob.kind == "spiculated" else 1.6) + 3.0
     rows, cols = grid.box(blob.centre, extent)
     y, x = grid.mm()
     dy = y[rows] - np.float32(blob.centre[0])
@@ -184,6 +184,12 @@ def _round(dy: FloatArray, dx: FloatArray, blob: Blob, rng: np.random.Generator)
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = (-dx * math.sin(angle) + dy * math.cos(angle)) / aspect
     rho = np.sqrt(u**2 + v**2) / np.float32(blob.radius)
+    if blob.kind == "spiculated":
+        # An irregular (lobulated) core: the radius wobbles with the angle.
+        phase = rng.uniform(0.0, 2 * math.pi, 3)
+        theta = np.arctan2(v, u)
+        wobble = sum(0.12 * np.cos((k + 2) * theta + phase[k]) for k in range(3))
+        rho = rho / (1.0 + wobble)
     # Thickness of a sphere through its projection, with a 0.4 mm soft edge.
     dome = np.sqrt(np.clip(1.0 - rho**2, 0.0, None)) * 0.6 + 0.4
     edge = 1.0 / (1.0 + np.exp(np.clip((rho - 1.0) * blob.radius / 0.4, -30.0, 30.0)))
@@ -191,33 +197,41 @@ def _round(dy: FloatArray, dx: FloatArray, blob: Blob, rng: np.random.Generator)
 
 
 def _spicules(dy: FloatArray, dx: FloatArray, blob: Blob, rng: np.random.Generator) -> FloatArray:
-    """Thin lines radiating from the core, fading with distance (a stellate margin)."""
-    count = int(rng.integers(8, 17))
-    angles = rng.uniform(0.0, 2 * math.pi, count).astype(np.float32)
-    lengths = (blob.radius * rng.uniform(1.8, 3.0, count)).astype(np.float32)
+    """Lines radiating from the core, thick at the root and tapering (a stellate margin).
+
+    Spicules are 1.5-2.5 mm wide at the root and reach 2.5-4 core radii (a 6-10 mm core
+    gives spicules of 15-40 mm, as in spiculated carcinomas), so the stellate pattern
+    survives a reader's (or a model's) downsampling to ~2 mm pixels.
+    """
+    count = int(rng.integers(6, 12))
+    angles = rng.uniform(0.0, 2 * math.pi) + np.linspace(0, 2 * math.pi, count, endpoint=False)
+    angles = (angles + rng.normal(0.0, 0.2, count)).astype(np.float32)
+    lengths = (blob.radius * rng.uniform(2.5, 4.0, count)).astype(np.float32)
+    roots = rng.uniform(1.5, 2.5, count).astype(np.float32)
     distance = np.sqrt(dy**2 + dx**2)[..., np.newaxis]
     theta = np.arctan2(dy, dx)[..., np.newaxis]
     across = np.abs(np.sin(theta - angles)) * distance
     along = np.cos(theta - angles) * distance
-    width = 0.45 + 0.5 * np.clip(1.0 - along / lengths, 0.0, 1.0)
-    line = np.exp(-((across / width) ** 2)) * np.clip(1.0 - along / lengths, 0.0, 1.0)
+    fade = np.clip(1.0 - along / lengths, 0.0, 1.0)
+    width = 0.3 + roots * fade
+    line = np.exp(-((across / width) ** 2)) * np.sqrt(fade)
     line = np.where(along > 0, line, 0.0)
-    out: FloatArray = (np.float32(0.8 * blob.contrast) * line.max(axis=-1)).astype(np.float32)
+    out: FloatArray = (np.float32(0.75 * blob.contrast) * line.max(axis=-1)).astype(np.float32)
     return out
 
 
 def _calcifications(
     dy: FloatArray, dx: FloatArray, blob: Blob, rng: np.random.Generator
 ) -> FloatArray:
-    """Bright specks of 0.3-0.8 mm scattered in a disc (a microcalcification cluster)."""
-    count = int(rng.integers(8, 21))
+    """Bright specks of 0.4-0.9 mm scattered in a disc (a microcalcification cluster)."""
+    count = int(rng.integers(10, 25))
     r = blob.radius * np.sqrt(rng.uniform(0.0, 1.0, count))
     phi = rng.uniform(0.0, 2 * math.pi, count)
-    sizes = rng.uniform(0.3, 0.8, count)
+    sizes = rng.uniform(0.4, 0.9, count)
     # Specks smaller than a pixel would vanish: the Gaussian is at least ~a pixel wide.
     out = np.zeros(np.broadcast_shapes(dy.shape, dx.shape), dtype=np.float32)
     for k in range(count):
-        sigma = max(float(sizes[k]), 0.5)
+        sigma = max(float(sizes[k]), 0.6)
         d2 = (dy - r[k] * math.sin(phi[k])) ** 2 + (dx - r[k] * math.cos(phi[k])) ** 2
         out += np.float32(blob.contrast) * np.exp(-d2 / (2 * sigma**2)).astype(np.float32)
     return out

@@ -50,6 +50,7 @@ class DemoOptions:
     seed: int = 0
     ct_slices: int = 120
     ct_size: int = 512
+    ct_thickness: float = 1.0
     mg_rows: int = 512
     cxr_size: int = 512
 
@@ -60,6 +61,8 @@ class DemoOptions:
         for name in ("ct_slices", "ct_size", "mg_rows", "cxr_size"):
             if getattr(self, name) < 16:
                 raise ValueError(f"{name} must be >= 16, got {getattr(self, name)}")
+        if not 0.1 <= self.ct_thickness <= 10:
+            raise ValueError(f"ct_thickness must be 0.1 to 10 mm, got {self.ct_thickness}")
 
     @property
     def total(self) -> int:
@@ -97,15 +100,15 @@ def _write_ct(out: Path, seed: int, options: DemoOptions) -> None:
     patient = f"DEMO-CT-{seed:04d}"
     # Keep the field of view of the 512 x 0.7 mm default whatever the matrix size.
     spacing = 0.7 * 512 / options.ct_size
-    slices, size = options.ct_slices, options.ct_size
+    slices, size, thickness = options.ct_slices, options.ct_size, options.ct_thickness
     datasets = list(
         build_ct_series(slices=slices, rows=size, columns=size, seed=seed, patient_id=patient,
-                        patient_name="Demo^CT", pixel_spacing=spacing, slice_thickness=1.0)
+                        patient_name="Demo^CT", pixel_spacing=spacing, slice_thickness=thickness)
     )  # fmt: skip
     folder = out / "ct" / patient
     for ds in datasets:
         _save(ds, folder / f"{ds.InstanceNumber:04d}.dcm")
-    phantom = ct_phantom(seed, slices, size, size, slice_thickness=1.0, pixel_spacing=spacing)
+    phantom = ct_phantom(seed, slices, size, size, thickness, spacing)
     masks = np.stack([phantom.body_mask(), phantom.lesion_labels() > 0])
     _write_truth(datasets, masks, CT_TRUTH_LABELS, folder / "truth-seg.dcm")
 

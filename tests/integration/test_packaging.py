@@ -1,4 +1,5 @@
-"""What `pip install .` gives: a wheel that carries the migrations and upgrades a database."""
+"""What `pip install .` gives: a wheel that carries the migrations (and upgrades a
+database from them) and the built-in models' weights."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def test_wheel_ships_the_migrations_and_upgrades_from_them(tmp_path: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     assert "dicomnode/_alembic/env.py" in names
     assert any(n.startswith("dicomnode/_alembic/versions/0001_") for n in names)
+    # The built-in models' trained weights and model cards ship in the wheel.
+    for model in ("ct-lesion-seg", "mg-4view", "cxr-2view"):
+        assert f"dicomnode/models/weights/{model}.pt" in names, model
+        assert f"dicomnode/models/weights/{model}.md" in names, model
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     done = subprocess.run(
