@@ -171,7 +171,8 @@ def model_card(
 ) -> str:
     """The Markdown model card ``dicomnode train`` writes beside the weights."""
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
-    training = "\n".join(f"- {k}: {v}" for k, v in record.items())
+    # The per-epoch history is in the JSON record; the card keeps the summary.
+    training = "\n".join(f"- {k}: {v}" for k, v in record.items() if k != "history")
     counts = split.counts()
     return f"""# Model card: {model.name} {model.version}
 
