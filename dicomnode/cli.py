@@ -100,10 +100,17 @@ def _stop_event() -> threading.Event:
     """An event set by SIGTERM or SIGINT."""
     stop = threading.Event()
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
+    def _set(name: str) -> None:
         logger.info("stopping", extra={"action": "node_stopping", "signal": name})
         stop.set()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        # The handler runs between two bytecodes of the main thread, which may be inside
+        # stop.set() or a logging call holding their (non-reentrant) locks already, as
+        # when a second SIGTERM arrives during the first: setting the event here would
+        # deadlock. A thread takes the locks once the main thread lets go of them.
+        name = signal.Signals(signum).name
+        threading.Thread(target=_set, args=(name,), name="stop-signal", daemon=True).start()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
