@@ -100,7 +100,7 @@ class WorkerSettings(_Section):
     max_attempts: Annotated[int, Field(ge=1)] = 3
     retry_backoff_seconds: Annotated[float, Field(ge=0)] = 5
     #: How often an idle worker looks for a job.
-    poll_seconds: Annotated[float, Field(gt=0)] = 0.2
+    poll_seconds: Annotated[float, Field(gt=0)] = 0.1
 
     @field_validator("device")
     @classmethod

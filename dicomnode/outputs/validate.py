@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +112,24 @@ def validate_output(
     ran: list[str] = []
     with _written(ds, path, errors) as file:
         if file is not None:
-            _run_dciodvfy(file, require_dciodvfy, timeout_s, errors, warnings, ran)
-            if str(ds.get("Modality", "")) == "SR":
-                _run_dsrdump(file, timeout_s, errors, warnings, ran)
-            _read_back(file, masks, volume, errors, warnings)
+            is_sr = str(ds.get("Modality", "")) == "SR"
+            tool_errors: list[str] = []
+            tool_warnings: list[str] = []
+
+            def run_tools() -> None:
+                _run_dciodvfy(file, require_dciodvfy, timeout_s, tool_errors, tool_warnings, ran)
+                if is_sr:
+                    _run_dsrdump(file, timeout_s, tool_errors, tool_warnings, ran)
+
+            # The validators are other processes: read back with highdicom meanwhile.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                tools = pool.submit(run_tools)
+                back_errors: list[str] = []
+                back_warnings: list[str] = []
+                _read_back(file, masks, volume, back_errors, back_warnings)
+                tools.result()
+            errors += tool_errors + back_errors
+            warnings += tool_warnings + back_warnings
             ran.append("highdicom")
     report = ValidationReport(not errors, errors, warnings, "+".join(ran))
     logger.info(
