@@ -90,56 +90,10 @@ def label_components(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int32]
     count : int
         Number of components.
     """
-    mask = np.ascontiguousarray(mask, dtype=bool)
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    voxels = np.flatnonzero(mask)
-    if voxels.size == 0:
-        return labels, 0
-    first, second = _neighbour_pairs(mask, voxels)
-    parent = _union_find(voxels.size, first, second)
-    # Roots are each component's smallest index, so unique() keeps raster order.
-    _, component = np.unique(parent, return_inverse=True)
-    labels.ravel()[voxels] = component.astype(np.int32) + 1
-    return labels, int(component.max()) + 1
+    from scipy import ndimage  # scipy's default structure is face connectivity
 
-
-def _neighbour_pairs(
-    mask: npt.NDArray[np.bool_], voxels: npt.NDArray[np.intp]
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Positions in ``voxels`` of every pair of face neighbours that are both set."""
-    firsts: list[npt.NDArray[np.intp]] = []
-    seconds: list[npt.NDArray[np.intp]] = []
-    for axis in range(mask.ndim):
-        lower = [slice(None)] * mask.ndim
-        upper = [slice(None)] * mask.ndim
-        lower[axis], upper[axis] = slice(0, -1), slice(1, None)
-        both = mask[tuple(lower)] & mask[tuple(upper)]
-        flat = np.ravel_multi_index(np.nonzero(both), mask.shape)
-        stride = int(np.prod(mask.shape[axis + 1 :]))
-        firsts.append(np.searchsorted(voxels, flat))
-        seconds.append(np.searchsorted(voxels, flat + stride))
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
-def _union_find(
-    count: int, first: npt.NDArray[np.intp], second: npt.NDArray[np.intp]
-) -> npt.NDArray[np.intp]:
-    """Root (smallest member) of every node of the graph with edges ``first``-``second``."""
-    parent = np.arange(count)
-    while first.size:
-        root_a, root_b = parent[first], parent[second]
-        open_edges = root_a != root_b
-        # Edges inside one tree stay inside it: trees only ever merge.
-        first, second = first[open_edges], second[open_edges]
-        root_a, root_b = root_a[open_edges], root_b[open_edges]
-        # Hook the larger root under the smaller, so no cycle can form.
-        np.minimum.at(parent, np.maximum(root_a, root_b), np.minimum(root_a, root_b))
-        while True:  # pointer jumping until every node points at its root
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    return parent
+    labels, count = ndimage.label(np.asarray(mask, dtype=bool))
+    return labels.astype(np.int32, copy=False), int(count)
 
 
 def component_boxes(labels: npt.NDArray[np.integer], count: int) -> list[tuple[slice, ...] | None]:
