@@ -125,7 +125,7 @@ def _receiving(settings: Settings) -> tuple[Any, Any, Any, Any]:
 
     engine = make_engine(settings.database_url)
     session_factory = make_session_factory(engine)
-    ingest = Ingest(settings.data_dir, session_factory)
+    ingest = Ingest(settings.data_dir, engine)
     ingest.start()
     server = start_scp(settings, ingest, session_factory)
     return engine, session_factory, ingest, server

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.schema import (
@@ -67,10 +67,10 @@ _INSERT_INSTANCES = insert(InstanceRecord)
 
 
 def find_instances(
-    session: Session, sop_instance_uids: Iterable[str]
+    conn: Connection, sop_instance_uids: Iterable[str]
 ) -> dict[str, tuple[str, str]]:
     """The stored (sha256, path) of each of these instances that is in the index."""
-    rows = session.connection().execute(_FIND_INSTANCES, {"uids": list(set(sop_instance_uids))})
+    rows = conn.execute(_FIND_INSTANCES, {"uids": list(set(sop_instance_uids))})
     return {uid: (sha, path) for uid, sha, path in rows}
 
 
@@ -99,7 +99,7 @@ class IdCache:
 
 
 def _ids(
-    session: Session,
+    conn: Connection,
     find: Any,
     insert_stmt: Any,
     wanted: dict[str, dict[str, Any]],
@@ -109,10 +109,10 @@ def _ids(
     ids = {uid: known[uid] for uid in wanted if uid in known}
     missing = [uid for uid in wanted if uid not in ids]
     if missing:
-        ids.update(session.connection().execute(find, {"uids": missing}).tuples().all())
+        ids.update(conn.execute(find, {"uids": missing}).tuples().all())
         new = [wanted[uid] for uid in missing if uid not in ids]
         if new:
-            ids.update(session.connection().execute(insert_stmt, new).tuples().all())
+            ids.update(conn.execute(insert_stmt, new).tuples().all())
     known.update(ids)
     return ids
 
@@ -158,7 +158,7 @@ _INSTANCE_FIELDS = (
 
 
 def record_instances(
-    session: Session,
+    conn: Connection,
     rows: list[dict[str, Any]],
     replaced: set[str],
     now: datetime,
@@ -174,11 +174,10 @@ def record_instances(
     if not rows:
         return
     cache = cache if cache is not None else IdCache()
-    conn = session.connection()
-    study_ids = _ids(session, _FIND_STUDIES, _INSERT_STUDIES, _study_rows(rows, now), cache.studies)
+    study_ids = _ids(conn, _FIND_STUDIES, _INSERT_STUDIES, _study_rows(rows, now), cache.studies)
     conn.execute(_TOUCH_STUDIES, {"ids": list(study_ids.values()), "now": now})
     series_rows = _series_rows(rows, study_ids)
-    series_ids = _ids(session, _FIND_SERIES, _INSERT_SERIES, series_rows, cache.series)
+    series_ids = _ids(conn, _FIND_SERIES, _INSERT_SERIES, series_rows, cache.series)
     values = [
         {field: r[field] for field in _INSTANCE_FIELDS}
         | {"series_id": series_ids[r["series_instance_uid"]], "received_at": now}

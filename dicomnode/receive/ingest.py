@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from dicomnode.errors import DatasetMismatchError, InvalidDatasetError, StorageError
 from dicomnode.index.queries import IdCache, find_instances, record_instances
@@ -132,17 +132,20 @@ class Ingest:
     ----------
     data_dir
         The node's data folder (instances, spool, superseded copies).
-    session_factory
-        Sessions on the index database.
+    engine
+        The index database. The writer thread keeps one connection open (a checkout
+        per batch cost more than the batch's statements) and opens a new one after a
+        database error.
     """
 
-    def __init__(self, data_dir: Path, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, data_dir: Path, engine: Engine) -> None:
         self.data_dir = data_dir
         # One spool folder per receiving process: a process cleaning its leftovers at
         # start must not delete what another one is receiving.
         self.spool_root = data_dir / "spool"
         self.spool_dir = self.spool_root / str(os.getpid())
-        self.session_factory = session_factory
+        self.engine = engine
+        self._conn: Connection | None = None
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._ids = IdCache()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
@@ -163,6 +166,9 @@ class Ingest:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         try:
             self.spool_dir.rmdir()  # empty once every association has ended
         except OSError:
@@ -184,6 +190,7 @@ class Ingest:
                 raise StorageError(f"cannot write the instance: {spool.error.strerror}")
             if not is_valid_uid(command_sop_instance_uid):
                 raise InvalidDatasetError("Affected SOP Instance UID is not a valid UID")
+            spool.start_writeback()  # the disk works while we check the dataset
             info = inspect_instance(Path(spool.name), self.spool_dir)
             if info.sop_instance_uid != command_sop_instance_uid:
                 raise DatasetMismatchError(
@@ -264,6 +271,11 @@ class Ingest:
             StorageError(f"{kind} failure: {text}", request.info.sop_instance_uid)
         )
 
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
     def _commit(self, batch: list[_Request]) -> list[Outcome]:
         undo = _Undo()
         dirs: set[Path] = set()
@@ -271,9 +283,10 @@ class Ingest:
         replaced: set[str] = set()
         outcomes: list[Outcome] = []
         now = utc_now()
-        with self.session_factory() as session:
-            try:
-                known = find_instances(session, (r.info.sop_instance_uid for r in batch))
+        conn = self._connection()
+        try:
+            with conn.begin():  # commits at the end of the block, rolls back on error
+                known = find_instances(conn, (r.info.sop_instance_uid for r in batch))
                 for request in batch:
                     outcome = self._place(request, known, undo, dirs)
                     outcomes.append(outcome)
@@ -285,15 +298,18 @@ class Ingest:
                     rows.append(row)
                     # A later copy in this batch must compare with this one.
                     known[request.info.sop_instance_uid] = (request.spool.sha256, row["path"])
-                record_instances(session, rows, replaced, now, self._ids)
+                record_instances(conn, rows, replaced, now, self._ids)
                 for folder in dirs:
                     fsync_dir(folder)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                self._ids.clear()  # ids inserted in this transaction are gone
-                undo.run()
-                raise
+        except BaseException as exc:
+            self._ids.clear()  # ids inserted in this transaction are gone
+            undo.run()
+            if isinstance(exc, DBAPIError):
+                # The connection may be broken (server restarted): start afresh.
+                self._conn = None
+                conn.invalidate()
+                conn.close()
+            raise
         self._ids.trim()
         for request, outcome in zip(batch, outcomes, strict=True):
             if outcome is Outcome.DUPLICATE:

@@ -11,29 +11,58 @@ file matter to a durable store, so we replace the factory pynetdicom calls:
   abort the association; ours records the error and swallows the rest of the
   dataset so the handler can answer 0xA700 and remove the partial file.
 
+pynetdicom starts each spool file with a File Meta Information header built as a
+pydicom dataset (UID objects validated by regular expression, then encoded element
+by element): about a third of its per-instance CPU time here. We write the same
+bytes directly (:func:`file_meta_bytes`).
+
 We also hash the bytes as they arrive, so a stored file never has to be re-read to
-be fingerprinted.
+be fingerprinted. On Linux the handler asks the kernel to start writing the file
+(``sync_file_range``) before it checks the dataset, so the fsync that follows
+waits for less.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
+import struct
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import _config, dimse_messages
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    _config,
+    dimse_messages,
+)
 
-__all__ = ["SpoolFile", "install_spool", "take_spool"]
+__all__ = ["SpoolFile", "file_meta_bytes", "install_spool", "take_spool"]
 
 logger = logging.getLogger(__name__)
 
 _SPOOL_ATTR = "dicomnode_spool_dir"
 _OPEN_ATTR = "dicomnode_open_spools"
 _install_lock = threading.Lock()
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, do not wait
+
+
+def _load_sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 class SpoolFile:
@@ -70,6 +99,16 @@ class SpoolFile:
         self.size += len(data)
         return len(data)
 
+    def start_writeback(self) -> None:
+        """Ask the kernel to start writing the file to disk now (Linux; a hint only).
+
+        Whatever the caller does next (checking the dataset) overlaps with the disk
+        writes that :meth:`sync_and_close` would otherwise wait for from the start.
+        A failed write-back shows up as an fsync error there.
+        """
+        if _sync_file_range is not None and self._fd >= 0 and self.error is None:
+            _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # 0, 0: whole file
+
     def flush(self) -> None:
         """Nothing to do: writes go straight to the file descriptor."""
 
@@ -103,6 +142,51 @@ class SpoolFile:
             pass
 
 
+def _element(group_element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    """One explicit VR little endian element with a 2-byte length."""
+    if len(value) % 2:
+        value += pad
+    return struct.pack("<HH2sH", 0x0002, group_element, vr, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    # A UID longer than 64 characters is refused by the handler; clip it here so the
+    # header stays encodable until then.
+    return str(value).strip().encode("ascii", "replace")[:64]
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The File Meta Information group pynetdicom writes before a received dataset.
+
+    The same bytes as ``pydicom.filewriter.write_file_meta_info`` writes for
+    ``pynetdicom.dsutils.create_file_meta`` with the same values (tested).
+    """
+    elements = b"".join(
+        (
+            # (0002,0001) OB: 2 reserved bytes, then a 4-byte length.
+            struct.pack("<HH2s2xI", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01",
+            _element(0x0002, b"UI", _uid(sop_class_uid), b"\x00"),
+            _element(0x0003, b"UI", _uid(sop_instance_uid), b"\x00"),
+            _element(0x0010, b"UI", _uid(transfer_syntax), b"\x00"),
+            _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID), b"\x00"),
+            _element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "),
+        )
+    )
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements
+
+
+def _create_file_meta(
+    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, **_: Any
+) -> bytes:
+    # Stands in for pynetdicom.dsutils.create_file_meta inside dimse_messages only.
+    return file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax)
+
+
+def _write_file_meta_info(fp: Any, file_meta: bytes, *_: Any, **__: Any) -> None:
+    # Stands in for pydicom's write_file_meta_info inside dimse_messages only.
+    fp.write(file_meta)
+
+
 def _spool_factory(*args: Any, **kwargs: Any) -> Any:
     # Called by pynetdicom's DUL thread as ``NamedTemporaryFile(delete=False, ...)``.
     # The DUL thread knows its association, whose AE carries our spool folder.
@@ -127,6 +211,8 @@ def install_spool(ae: Any, folder: Path) -> None:
     with _install_lock:
         _config.STORE_RECV_CHUNKED_DATASET = True
         dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[attr-defined]
+        dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined,assignment]
+        dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined,assignment]
 
 
 def take_spool(ae: Any, path: os.PathLike[str] | str) -> SpoolFile | None:
