@@ -236,14 +236,17 @@ class DicomnodeReceiver(Receiver):
     own settings file and data folder, the same work Orthanc and storescp do here."""
 
     name = "dicomnode"
+    #: Extra ``[node]`` lines (``--node-setting``), e.g. ``receive_processes = 1``.
+    node_settings: tuple[str, ...] = ()
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         self.data_dir = self.workdir / "data"
         config = self.workdir / "settings.toml"
+        extra = "".join(f"{line}\n" for line in self.node_settings)
         config.write_text(
             "[node]\n"
             f'ae_title = "{self.ae_title}"\nhost = "127.0.0.1"\nport = {self.port}\n'
-            f'data_dir = "{self.data_dir}"\n',
+            f'data_dir = "{self.data_dir}"\n{extra}',
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
@@ -513,7 +516,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="save runs and summaries as JSON here")
     parser.add_argument("--data-dir", type=Path, default=TMP / "dicomnode-bench-data")
     parser.add_argument("--scratch", type=Path, default=TMP, help="parent of run storage")
+    parser.add_argument(
+        "--node-setting",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="an extra [node] line for dicomnode's settings (repeatable)",
+    )
     args = parser.parse_args(argv)
+    DicomnodeReceiver.node_settings = tuple(args.node_setting)
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RECEIVERS))
     if unknown or not names:

@@ -139,15 +139,40 @@ def _stop_receiving(engine: Any, ingest: Any, server: Any) -> None:
     engine.dispose()
 
 
-def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
+def _preflight(settings: Settings) -> None:
+    """What the serving process checks once at start (run in a forked child)."""
     from dicomnode.index.db import upgrade_database
+
+    _check_models(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.database_url)
+
+
+def _without_pixel_libraries() -> None:
+    """Keep numpy (and so pydicom's pixel plugins) out of this serving process.
+
+    Receiving, indexing, scheduling and sending never decode pixels (SPEC §4), yet
+    ``import pydicom`` loads numpy and every pixel plugin it finds: ~14 MB in each
+    serving process. Marking numpy unavailable before pydicom is imported leaves
+    pydicom without pixel support here, as it is designed to run. Workers, which
+    decode pixels, are separate processes and unaffected.
+    """
+    if "numpy" not in sys.modules:
+        sys.modules["numpy"] = None  # type: ignore[assignment]  # "import numpy" fails
+
+
+def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
+    from dicomnode.forked import run_forked
+
+    try:
+        run_forked(_preflight, settings)  # keeps numpy, models and Alembic out of here
+    except DicomnodeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _without_pixel_libraries()
     from dicomnode.schedule.scheduler import build_scheduler
     from dicomnode.worker.supervisor import Supervisor
 
-    _check_models(settings)
     stop = _stop_event()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.database_url)
     engine, session_factory, ingest, server = _receiving(settings)
     scheduler = build_scheduler(settings, session_factory, _sender(settings, session_factory))
     scheduler.start()
@@ -177,6 +202,7 @@ def receive(ctx: click.Context, supervised: bool) -> None:
     """An extra receiving process (SCP + index writer) sharing the node's port."""
     settings = _settings(ctx)
     _logging(ctx, settings, to_file=not supervised)
+    _without_pixel_libraries()
     stop = _stop_event()
     engine, _, ingest, server = _receiving(settings)
     _stop_with_parent(stop, supervised)

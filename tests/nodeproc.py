@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from dicomnode.index.db import make_engine, make_session_factory
 from dicomnode.index.schema import InstanceRecord
 
-__all__ = ["NodeProcess", "WorkerProcess", "free_port", "wait_for_echo"]
+__all__ = ["NodeProcess", "WorkerProcess", "children", "free_port", "wait_for_echo"]
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Process ids whose parent is ``pid`` (from /proc)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -148,11 +148,11 @@ class NodeProcess:
     def kill(self) -> None:
         """SIGKILL, as a crash would; then wait for its children to notice and exit."""
         if self.proc is not None and self.proc.poll() is None:
-            children = _children(self.proc.pid)
+            kids = children(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
             deadline = time.monotonic() + 30
-            while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            while any(_alive(pid) for pid in kids) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
     def __enter__(self) -> NodeProcess:

@@ -24,7 +24,7 @@ from tests.factories import (
     small_ct,
     truncated_pixel_data,
 )
-from tests.nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess, children
 from tests.scu import send_file, storescu, try_associate
 
 #: One real file per transfer syntax that pydicom bundles with complete UIDs.
@@ -90,6 +90,21 @@ def test_store_keeps_bundled_file_byte_for_byte_in_every_transfer_syntax(
 
 @needs_dcmtk
 @pytest.mark.dcmtk
+def test_serving_processes_run_without_numpy(node: NodeProcess, tmp_path: Path) -> None:
+    # The node's own process and its extra receiving processes never decode pixels:
+    # they keep numpy (and pydicom's pixel plugins) out, ~14 MB each.
+    send_file(node.port, write(tmp_path, encode(small_ct())))
+    assert node.proc is not None
+    serving = [node.proc.pid] + [
+        pid
+        for pid in children(node.proc.pid)
+        if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    ]
+    for pid in serving:
+        mapped = Path(f"/proc/{pid}/maps").read_text()
+        assert "numpy" not in mapped, f"process {pid} loaded numpy"
+
+
 def test_echoscu_gets_success(node: NodeProcess) -> None:
     import subprocess
 
