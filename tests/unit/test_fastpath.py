@@ -81,3 +81,21 @@ def test_store_response_bytes_equal_what_pynetdicom_encodes(
     message.primitive_to_message(primitive)
     expected = encode(message.command_set, True, True)
     assert store_response_bytes(message_id, sop_class, sop_instance, status) == expected
+
+
+def test_contexts_copied_for_an_association_are_equal_and_independent() -> None:
+    import copy
+
+    from dicomnode.config import Settings
+    from dicomnode.receive.scp import _Contexts, build_ae
+
+    served = _Contexts(build_ae(Settings()).supported_contexts)
+    copied = copy.deepcopy(served)
+    assert [(c.abstract_syntax, c.transfer_syntax, c.context_id) for c in copied] == [
+        (c.abstract_syntax, c.transfer_syntax, c.context_id) for c in served
+    ]
+    assert all(a is not b for a, b in zip(copied, served, strict=True))
+    copied[0].add_transfer_syntax("1.2.826.0.1.3680043.9.9999.1")  # appends in place
+    copied[0].context_id = 1
+    assert "1.2.826.0.1.3680043.9.9999.1" not in served[0].transfer_syntax
+    assert served[0].context_id is None
