@@ -16,12 +16,15 @@ re-sending a corrected image expects) and the older bytes are kept under
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import logging
 import os
 import queue
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -76,6 +79,14 @@ def _dead_process_folder(folder: Path) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _writers_lock_path(engine: Engine) -> Path | None:
+    """The lock file receiving processes share for an SQLite file; None otherwise."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(f"{database}.writers")
 
 
 def fsync_dir(path: Path) -> None:
@@ -146,6 +157,8 @@ class Ingest:
         self.spool_dir = self.spool_root / str(os.getpid())
         self.engine = engine
         self._conn: Connection | None = None
+        self._writers_lock = _writers_lock_path(engine)
+        self._writers_fd = -1
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._ids = IdCache()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
@@ -169,6 +182,9 @@ class Ingest:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._writers_fd >= 0:
+            os.close(self._writers_fd)
+            self._writers_fd = -1
         try:
             self.spool_dir.rmdir()  # empty once every association has ended
         except OSError:
@@ -276,6 +292,26 @@ class Ingest:
             self._conn = self.engine.connect()
         return self._conn
 
+    @contextlib.contextmanager
+    def _sqlite_writers_turn(self) -> Iterator[None]:
+        """Hold the receiving processes' shared lock file while writing to SQLite.
+
+        Two receiving processes writing one SQLite file collide on its write lock, and
+        the loser polls with sleeps of 1, 2, 5, 10 ms... (SQLite's busy handler) while
+        the holder needs about a millisecond. Waiting on a lock file instead queues
+        them: the kernel wakes the next writer the moment the lock is released.
+        """
+        if self._writers_lock is None:
+            yield
+            return
+        if self._writers_fd < 0:
+            self._writers_fd = os.open(self._writers_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._writers_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writers_fd, fcntl.LOCK_UN)
+
     def _commit(self, batch: list[_Request]) -> list[Outcome]:
         undo = _Undo()
         dirs: set[Path] = set()
@@ -285,7 +321,7 @@ class Ingest:
         now = utc_now()
         conn = self._connection()
         try:
-            with conn.begin():  # commits at the end of the block, rolls back on error
+            with conn.begin() as transaction:  # rolls back if anything below fails
                 known = find_instances(conn, (r.info.sop_instance_uid for r in batch))
                 for request in batch:
                     outcome = self._place(request, known, undo, dirs)
@@ -298,9 +334,11 @@ class Ingest:
                     rows.append(row)
                     # A later copy in this batch must compare with this one.
                     known[request.info.sop_instance_uid] = (request.spool.sha256, row["path"])
-                record_instances(conn, rows, replaced, now, self._ids)
-                for folder in dirs:
-                    fsync_dir(folder)
+                with self._sqlite_writers_turn():  # the first write takes SQLite's lock
+                    record_instances(conn, rows, replaced, now, self._ids)
+                    for folder in dirs:
+                        fsync_dir(folder)
+                    transaction.commit()
         except BaseException as exc:
             self._ids.clear()  # ids inserted in this transaction are gone
             undo.run()
