@@ -47,13 +47,13 @@ import select
 import socket
 import ssl
 import struct
-import weakref
 from typing import Any
 
 from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
@@ -62,6 +62,7 @@ __all__ = [
     "POLL_SECONDS",
     "install_fast_recv",
     "recv_exact",
+    "run_reactor_then_close_wake",
     "store_response_bytes",
     "tune_association",
     "wait_ready",
@@ -72,6 +73,8 @@ POLL_SECONDS = 0.001
 #: The longest the association thread waits for a message before its other checks.
 MESSAGE_WAIT_SECONDS = 0.01
 _WAKE_ATTR = "dicomnode_wake"
+_PAIR_ATTR = "dicomnode_wake_pair"
+_original_run_reactor = DULServiceProvider.run_reactor
 
 
 def recv_exact(self: Any, nr_bytes: int) -> bytearray:
@@ -129,6 +132,7 @@ def install_fast_recv() -> None:
     """
     AssociationSocket.recv = recv_exact  # type: ignore[method-assign]
     AssociationSocket.ready = property(wait_ready)  # type: ignore[method-assign,assignment]
+    DULServiceProvider.run_reactor = run_reactor_then_close_wake  # type: ignore[method-assign]
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
@@ -155,8 +159,7 @@ def tune_association(assoc: Any) -> None:
 
     provider_queue.put = put_and_wake
     setattr(dul.socket, _WAKE_ATTR, reader)
-    # Close both ends once the association's socket object is gone.
-    weakref.finalize(dul.socket, _close_pair, reader, writer)
+    setattr(dul, _PAIR_ATTR, (reader, writer))  # closed when the DUL thread ends
 
     dimse = assoc.dimse
     get_msg = dimse.get_msg
@@ -238,6 +241,21 @@ def _plain_store_response(primitive: Any) -> bool:
         and primitive.AffectedSOPClassUID is not None
         and primitive.AffectedSOPInstanceUID is not None
     )
+
+
+def run_reactor_then_close_wake(self: Any) -> None:
+    """The DUL thread's loop; then close the association's wake-up sockets, if any.
+
+    Only the DUL thread selects on the wake-up socket, so once its loop has ended
+    they can go; a later wake-up from the association thread finds them closed and
+    is dropped.
+    """
+    try:
+        _original_run_reactor(self)
+    finally:
+        pair = getattr(self, _PAIR_ATTR, None)
+        if pair is not None:
+            _close_pair(*pair)
 
 
 def _close_pair(reader: socket.socket, writer: socket.socket) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import warnings
@@ -54,7 +55,10 @@ def bundled(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    with NodeProcess(tmp_path_factory.mktemp("node"), study_quiet_seconds=2) as running:
+    # Two receiving processes whatever the machine, as on a two-core one by default.
+    with NodeProcess(
+        tmp_path_factory.mktemp("node"), study_quiet_seconds=2, receive_processes=2
+    ) as running:
         yield running
 
 
@@ -94,15 +98,46 @@ def test_serving_processes_run_without_numpy(node: NodeProcess, tmp_path: Path) 
     # The node's own process and its extra receiving processes never decode pixels:
     # they keep numpy (and pydicom's pixel plugins) out, ~14 MB each.
     send_file(node.port, write(tmp_path, encode(small_ct())))
+    for pid in _serving_pids(node):
+        mapped = Path(f"/proc/{pid}/maps").read_text()
+        assert "numpy" not in mapped, f"process {pid} loaded numpy"
+
+
+def _serving_pids(node: NodeProcess) -> list[int]:
     assert node.proc is not None
-    serving = [node.proc.pid] + [
+    return [node.proc.pid] + [
         pid
         for pid in children(node.proc.pid)
         if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
     ]
-    for pid in serving:
-        mapped = Path(f"/proc/{pid}/maps").read_text()
-        assert "numpy" not in mapped, f"process {pid} loaded numpy"
+
+
+def _open_sockets(pids: list[int]) -> int:
+    count = 0
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                count += os.readlink(fd).startswith("socket:")
+            except FileNotFoundError:  # closed while we looked
+                continue
+    return count
+
+
+def test_finished_associations_leave_no_open_sockets_behind(node: NodeProcess) -> None:
+    # Every receiving process must be up and listening before the baseline is taken.
+    deadline = time.monotonic() + 30
+    while len(_serving_pids(node)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert try_associate(node.port, "DICOMNODE", "TESTSCU")
+    time.sleep(1)
+    pids = _serving_pids(node)
+    before = _open_sockets(pids)
+    for _ in range(40):
+        assert try_associate(node.port, "DICOMNODE", "TESTSCU")
+    deadline = time.monotonic() + 10
+    while _open_sockets(pids) > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _open_sockets(pids) <= before
 
 
 def test_echoscu_gets_success(node: NodeProcess) -> None:
