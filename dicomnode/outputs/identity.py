@@ -17,7 +17,6 @@ DCM 123110 "Artificial Intelligence" (CID 7162).
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -25,6 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from dicomnode import __version__
+from dicomnode.uids import derive_uid
 
 __all__ = [
     "ALGORITHM_FAMILY",
@@ -47,9 +47,9 @@ ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
 #: First Series Number of each output kind; the n-th source series adds n.
 SERIES_NUMBERS = {"seg": 9100, "sr": 9200, "sc": 9300}
 
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "dicomnode.outputs")
+_UID_NAMESPACE = "dicomnode.outputs"
 # Devices get their own namespace, so no job key can make a device's UID.
-_DEVICE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "dicomnode.outputs.device")
+_DEVICE_NAMESPACE = "dicomnode.outputs.device"
 _LO_MAX = 64  # Long String (PS3.5 6.2)
 _SERIES_SUFFIXES = {
     "seg": "segmentation",
@@ -84,7 +84,7 @@ def output_uid(job_key: str, kind: str, *parts: str) -> UID:
         raise ValueError("job_key must not be empty: it names the job the output belongs to")
     if not kind:
         raise ValueError("kind must not be empty: it names the output")
-    return _derive(_UID_NAMESPACE, job_key, kind, *parts)
+    return derive_uid(_UID_NAMESPACE, job_key, kind, *parts)
 
 
 def device_uid(model_name: str, model_version: str) -> UID:
@@ -100,12 +100,7 @@ def device_uid(model_name: str, model_version: str) -> UID:
     pydicom.uid.UID
         A "2.25." UID derived from the model name and version only.
     """
-    return _derive(_DEVICE_NAMESPACE, model_name, model_version)
-
-
-def _derive(namespace: uuid.UUID, *parts: str) -> UID:
-    # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
-    return UID(f"2.25.{uuid.uuid5(namespace, chr(0x1F).join(parts)).int}")
+    return derive_uid(_DEVICE_NAMESPACE, model_name, model_version)
 
 
 def series_description(kind: str, model_name: str) -> str:

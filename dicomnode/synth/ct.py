@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import RE_VALID_UID, UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from dicomnode import __version__
+from dicomnode import __version__, uids
 
 __all__ = [
     "CtLesion",
@@ -82,10 +81,9 @@ _MAX_STORED = 4095.0
 _DATE = "20200101"
 _TIME = "120000"
 
-# Name-based UUIDs (RFC 4122 version 5) turned into "2.25." UIDs (PS3.5 B.2) give valid,
-# deterministic UIDs without a registered root; pydicom's generate_uid ignores its
-# entropy sources when prefix is None, so it cannot do this.
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "dicomnode.synth.ct")
+# Deterministic UIDs without a registered root (dicomnode.uids); pydicom's generate_uid
+# ignores its entropy sources when prefix is None, so it cannot do this.
+_UID_NAMESPACE = "dicomnode.synth.ct"
 
 # Streams of the seeded generator, so lesions and noise never share random numbers.
 _LESION_STREAM = 0
@@ -375,9 +373,7 @@ def _check_arguments(
 
 
 def _derive_uid(*parts: str) -> UID:
-    # The separator keeps ("ab", "c") and ("a", "bc") apart.
-    name = "\x1f".join(parts)
-    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}")
+    return uids.derive_uid(_UID_NAMESPACE, *parts)
 
 
 def _place_lesions(geometry: CtPhantom, rng: np.random.Generator) -> tuple[CtLesion, ...]:

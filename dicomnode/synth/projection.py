@@ -10,7 +10,6 @@ given the seeds, the UIDs included (RFC 4122 version 5 names under ``2.25.``).
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from dicomnode import __version__
+from dicomnode import __version__, uids
 
 __all__ = [
     "Blob",
@@ -45,11 +44,11 @@ _MAX_STORED = float(2**_BITS_STORED - 1)
 _DATE = "20200101"
 _TIME = "120000"
 
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "dicomnode.synth.projection")
+_UID_NAMESPACE = "dicomnode.synth.projection"
 
 
 def derive_uid(*parts: str) -> UID:
-    """Return a deterministic ``2.25.`` UID named by `parts` (PS3.5 B.2).
+    """Return the deterministic UID of a projection-image object named by `parts`.
 
     Parameters
     ----------
@@ -59,10 +58,9 @@ def derive_uid(*parts: str) -> UID:
     Returns
     -------
     pydicom.uid.UID
-        A valid UID of at most 64 characters.
+        A valid UID of at most 64 characters (:func:`dicomnode.uids.derive_uid`).
     """
-    # The separator keeps ("ab", "c") and ("a", "bc") apart.
-    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0x1F).join(parts)).int}")
+    return uids.derive_uid(_UID_NAMESPACE, *parts)
 
 
 @dataclass(frozen=True, slots=True)

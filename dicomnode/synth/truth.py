@@ -25,7 +25,6 @@ What the source images must carry (highdicom 0.28 and ``dciodvfy``):
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -35,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from dicomnode import __version__
+from dicomnode import __version__, uids
 from dicomnode.models.api import Code, SegmentLabel
 from dicomnode.outputs.seg import check_source
 from dicomnode.worker.volumes import slice_order
@@ -47,12 +46,12 @@ logger = logging.getLogger(__name__)
 #: Segmentation Algorithm Identification name of every ground-truth SEG.
 ALGORITHM_NAME = "dicomnode synthetic ground truth"
 
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "dicomnode.synth.truth")
+_UID_NAMESPACE = "dicomnode.synth.truth"
 _CONTENT_LABEL = "GROUND_TRUTH"
 
 
 def derive_uid(*parts: str) -> UID:
-    """Return a deterministic "2.25." UID named by `parts` (RFC 4122 version 5 UUID).
+    """Return the deterministic UID of a ground-truth object named by `parts`.
 
     Parameters
     ----------
@@ -62,10 +61,9 @@ def derive_uid(*parts: str) -> UID:
     Returns
     -------
     pydicom.uid.UID
-        A valid UID of at most 64 characters (PS3.5 B.2).
+        A valid UID of at most 64 characters (:func:`dicomnode.uids.derive_uid`).
     """
-    # The separator keeps ("ab", "c") and ("a", "bc") apart.
-    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0x1F).join(parts)).int}")
+    return uids.derive_uid(_UID_NAMESPACE, *parts)
 
 
 def build_truth_segmentation(
