@@ -16,6 +16,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,6 +71,8 @@ class NodeSettings(_Section):
     data_dir: Path = Path("var")
     database_url: str = ""
     allowed_calling_aets: tuple[str, ...] = ()
+    #: Hosts (addresses or networks, e.g. "10.1.2.0/24") that may connect; empty: any.
+    allowed_hosts: tuple[IPv4Network | IPv6Network, ...] = ()
     study_quiet_seconds: Annotated[float, Field(gt=0)] = 10
     #: A study still receiving this long after its first instance is made stable anyway.
     study_force_complete_seconds: Annotated[float, Field(gt=0)] = 3600
@@ -85,6 +88,17 @@ class NodeSettings(_Section):
     @classmethod
     def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_ae_title(v) for v in value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        # "10.1.2.3" means that host; "10.1.2.3/24" is read as its network 10.1.2.0/24.
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(ip_network(str(v).strip(), strict=False) for v in value)
+            except ValueError as exc:
+                raise ValueError(f"not an address or network: {exc}") from exc
+        return value
 
 
 class WorkerSettings(_Section):

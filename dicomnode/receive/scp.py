@@ -6,6 +6,7 @@ import copy
 import logging
 import socket
 import threading
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -25,7 +26,34 @@ __all__ = ["build_ae", "start_scp"]
 logger = logging.getLogger(__name__)
 
 
-class SharedPortServer(ThreadedAssociationServer):
+class NodeServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, closing connections from hosts not allowed.
+
+    ``node.allowed_hosts`` is checked as the TCP connection is accepted, before a
+    byte of it is read (pynetdicom would otherwise read a whole A-ASSOCIATE-RQ, of
+    any size, before its AE title checks).
+    """
+
+    #: Networks a peer's address must be in; empty: every host.
+    allowed_hosts: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Whether the connecting host may associate (socketserver hook)."""
+        if not self.allowed_hosts:
+            return True
+        host = ip_address(client_address[0])
+        if isinstance(host, IPv6Address) and host.ipv4_mapped is not None:
+            host = host.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+        if any(host in network for network in self.allowed_hosts):
+            return True
+        logger.warning(
+            "connection refused: host not allowed",
+            extra={"action": "host_rejected", "peer": f"{client_address[0]}:{client_address[1]}"},
+        )
+        return False
+
+
+class SharedPortServer(NodeServer):
     """An association server that shares its port with the node's other receivers.
 
     With SO_REUSEPORT the kernel spreads incoming connections over every process
@@ -65,8 +93,10 @@ def _serve_in_thread(
     server = ae.make_server(
         (settings.node.host, settings.node.port),
         evt_handlers=event_handlers,
-        server_class=SharedPortServer if shared else ThreadedAssociationServer,
+        server_class=SharedPortServer if shared else NodeServer,
     )
+    assert isinstance(server, NodeServer)
+    server.allowed_hosts = settings.node.allowed_hosts
     server.contexts = _Contexts(server.contexts)
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()

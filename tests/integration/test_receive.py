@@ -307,6 +307,24 @@ def test_calling_ae_outside_the_allow_list_is_rejected(tmp_path: Path) -> None:
         assert restricted.log_text().count("action=association_rejected") >= 2
 
 
+def test_connection_from_a_host_outside_the_allow_list_is_closed(tmp_path: Path) -> None:
+    import socket
+
+    with NodeProcess(tmp_path, allowed_hosts=["127.0.0.1"]) as restricted:
+        assert try_associate(restricted.port, "DICOMNODE", "TESTSCU") is True  # from 127.0.0.1
+        # Still to 127.0.0.1, from another loopback address outside the list: the node
+        # closes the connection before reading anything.
+        with socket.create_connection(
+            ("127.0.0.1", restricted.port), timeout=10, source_address=("127.0.0.2", 0)
+        ) as refused:
+            assert refused.recv(1) == b""
+        # An allowed host's idle connection stays open (until pynetdicom's timeout).
+        with socket.create_connection(("127.0.0.1", restricted.port), timeout=1) as allowed:
+            with pytest.raises(TimeoutError):
+                allowed.recv(1)
+        assert "action=host_rejected peer=127.0.0.2:" in restricted.log_text()
+
+
 def test_associations_are_recorded_with_their_instance_counts(
     node: NodeProcess, tmp_path: Path
 ) -> None:

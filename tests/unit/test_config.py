@@ -58,6 +58,7 @@ def test_data_dir_is_relative_to_the_settings_file(tmp_path: Path) -> None:
         ("[node]\nbogus = 1\n", "[node] bogus: Extra inputs are not permitted"),
         ("[worker]\ndevice = 'tpu'\n", "[worker] device:"),
         ("[nodes]\nport = 1\n", "nodes: Extra inputs are not permitted"),
+        ("[node]\nallowed_hosts = ['10.0.0.300']\n", "allowed_hosts: Value error, not an address"),
         ("[node\n", "not valid TOML"),
         (
             "[[routes]]\nname = 'r'\nmatch = { Modalty = 'MG' }\nsend_to = []\n",
