@@ -127,7 +127,10 @@ def _receiving(settings: Settings) -> tuple[Any, Any, Any, Any]:
     session_factory = make_session_factory(engine)
     ingest = Ingest(settings.data_dir, engine)
     ingest.start()
-    server = start_scp(settings, ingest, session_factory)
+    try:
+        server = start_scp(settings, ingest, session_factory)
+    except DicomnodeError as exc:  # e.g. a TLS file that cannot be loaded
+        raise click.ClickException(str(exc)) from exc
     return engine, session_factory, ingest, server
 
 

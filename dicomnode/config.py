@@ -81,6 +81,11 @@ class NodeSettings(_Section):
     #: Processes accepting associations on the port (SO_REUSEPORT), so concurrent
     #: associations use more than one core; 0: one per CPU, at most 4.
     receive_processes: Annotated[int, Field(ge=0, le=64)] = 0
+    #: DICOM TLS (PS3.15 B.1): PEM certificate (chain) and private key; empty: plain TCP.
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    #: PEM CA certificates; when set, peers must present a certificate they signed.
+    tls_client_ca: str = ""
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -253,6 +258,11 @@ class Settings(BaseSettings):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
+        node = self.node
+        if bool(node.tls_certificate) != bool(node.tls_private_key):
+            raise ValueError("node: tls_certificate and tls_private_key go together")
+        if node.tls_client_ca and not node.tls_certificate:
+            raise ValueError("node: tls_client_ca needs tls_certificate and tls_private_key")
         entries: list[RouteSettings | PipelineSettings] = [*self.routes, *self.pipelines]
         for entry in entries:
             for target in entry.send_to:
@@ -275,6 +285,15 @@ class Settings(BaseSettings):
         base = self.source.parent if self.source is not None else Path.cwd()
         dirs = tuple((p if p.is_absolute() else base / p).resolve() for p in self.models.dirs)
         return (*dirs, self.data_dir / "models")
+
+    def tls_file(self, key: str) -> Path | None:
+        """A ``[node] tls_*`` file resolved like ``data_dir``; None when not set."""
+        value = str(getattr(self.node, key))
+        if not value:
+            return None
+        path = Path(value)
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return (path if path.is_absolute() else base / path).resolve()
 
     @property
     def receive_processes(self) -> int:

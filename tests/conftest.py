@@ -39,7 +39,7 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
 
 #: Set to 1 (as CI does) to stop the run when a real peer the tests use is missing.
 REQUIRE_TOOLS_ENV = "DICOMNODE_REQUIRE_TOOLS"
-_TOOLS = ("storescu", "echoscu", "storescp", "dciodvfy", "sqlite3")
+_TOOLS = ("storescu", "echoscu", "storescp", "dciodvfy", "sqlite3", "openssl")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,9 +55,13 @@ def free_port() -> int:
 
 
 def wait_for_echo(
-    port: int, ae_title: str = "DICOMNODE", timeout: float = 30, calling_ae: str = "TESTPROBE"
+    port: int,
+    ae_title: str = "DICOMNODE",
+    timeout: float = 30,
+    calling_ae: str = "TESTPROBE",
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Block until an SCP on ``port`` answers C-ECHO with success."""
+    """Block until an SCP on ``port`` answers C-ECHO with success (over TLS if given)."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = 2
@@ -69,7 +74,8 @@ def wait_for_echo(
         except OSError:
             time.sleep(0.1)
             continue
-        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+        tls_args = (tls, "localhost") if tls is not None else None
+        assoc = ae.associate("127.0.0.1", port, ae_title=ae_title, tls_args=tls_args)
         if assoc.is_established:
             status = assoc.send_c_echo()
             assoc.release()
@@ -98,10 +104,12 @@ class NodeProcess:
         data_dir: Path | None = None,
         command: str = "run",
         extra_toml: str = "",
+        probe_tls: ssl.SSLContext | None = None,
         **node: Any,
     ) -> None:
         self.folder = folder
         self.command = command
+        self.probe_tls = probe_tls  # how start() reaches a node that speaks TLS
         folder.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or folder / "var"
         self.port = int(node.pop("port", 0)) or free_port()
@@ -128,7 +136,7 @@ class NodeProcess:
                 stdout=log, stderr=log, env=env, cwd=self.folder,
             )  # fmt: skip
         try:
-            wait_for_echo(self.port, self.ae_title, calling_ae=self.probe_ae)
+            wait_for_echo(self.port, self.ae_title, calling_ae=self.probe_ae, tls=self.probe_tls)
         except TimeoutError:
             self.kill()
             raise RuntimeError(f"node did not start:\n{self.log.read_text()}") from None

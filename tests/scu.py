@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,11 @@ def send_file(
     path: Path,
     called_ae: str = "DICOMNODE",
     calling_ae: str = "TESTSCU",
+    tls: ssl.SSLContext | None = None,
 ) -> int | None:
     """C-STORE the dataset in ``path`` unchanged; the status, or None if rejected.
+
+    With ``tls``, over DICOM TLS (the server certificate must name ``localhost``).
 
     The command's SOP Class and Instance UIDs come from the File Meta, so a file
     whose meta disagrees with its dataset makes a mismatched request on purpose.
@@ -31,7 +35,8 @@ def send_file(
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+        tls_args = (tls, "localhost") if tls is not None else None
+        assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, tls_args=tls_args)
         if not assoc.is_established:
             return None
         try:
@@ -43,14 +48,17 @@ def send_file(
     return int(status.Status) if status and "Status" in status else None
 
 
-def try_associate(port: int, called_ae: str, calling_ae: str) -> bool:
-    """Whether an association with these AE titles is accepted."""
+def try_associate(
+    port: int, called_ae: str, calling_ae: str, tls: ssl.SSLContext | None = None
+) -> bool:
+    """Whether an association with these AE titles is accepted (over TLS if given)."""
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.network_timeout = 10
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    tls_args = (tls, "localhost") if tls is not None else None
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, tls_args=tls_args)
     accepted = bool(assoc.is_established)
     if accepted:
         assoc.release()

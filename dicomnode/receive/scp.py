@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import ssl
 import threading
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
@@ -16,26 +17,54 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
+from dicomnode.errors import ConfigError
 from dicomnode.receive import handlers
 from dicomnode.receive.fastpath import install_fast_recv
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.spool import install_spool
 
-__all__ = ["build_ae", "start_scp"]
+__all__ = ["NodeServer", "build_ae", "start_scp", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
 
 class NodeServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, closing connections from hosts not allowed.
+    """pynetdicom's threaded server, closing connections from hosts not allowed, with
+    the TLS handshake in each connection's own thread.
 
     ``node.allowed_hosts`` is checked as the TCP connection is accepted, before a
     byte of it is read (pynetdicom would otherwise read a whole A-ASSOCIATE-RQ, of
-    any size, before its AE title checks).
+    any size, before its AE title checks). pynetdicom 3.0.4 runs the TLS handshake
+    in its accept loop, where one client that connects and sends nothing holds up
+    every other client until it times out; here the accept loop only accepts.
     """
 
     #: Networks a peer's address must be in; empty: every host.
     allowed_hosts: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: The server side of DICOM TLS; None: plain TCP.
+    tls_context: ssl.SSLContext | None = None
+    #: The longest a client may take to complete the TLS handshake.
+    handshake_timeout: float = 30.0
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Complete the TLS handshake (if any), then serve the association."""
+        if self.tls_context is not None:
+            try:
+                request.settimeout(self.handshake_timeout)
+                request = self.tls_context.wrap_socket(request, server_side=True)
+                request.settimeout(None)  # blocking, as pynetdicom's own wrapping leaves it
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                logger.warning(
+                    "TLS handshake failed",
+                    extra={
+                        "action": "tls_handshake_failed",
+                        "peer": f"{client_address[0]}:{client_address[1]}",
+                        "reason": getattr(exc, "reason", None) or type(exc).__name__,
+                    },
+                )
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Whether the connecting host may associate (socketserver hook)."""
@@ -86,10 +115,42 @@ class _Contexts(list[PresentationContext]):
         return copies
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server-side TLS context of ``[node] tls_*`` (TLS 1.2 or later); None if off.
+
+    Raises ConfigError naming the key when a file cannot be loaded.
+    """
+    certificate = settings.tls_file("tls_certificate")
+    private_key = settings.tls_file("tls_private_key")
+    if certificate is None or private_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certificate, private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"[node] tls_certificate / tls_private_key: cannot load {certificate} and "
+            f"{private_key}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+    client_ca = settings.tls_file("tls_client_ca")
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"[node] tls_client_ca: cannot load {client_ca}: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def _serve_in_thread(
     ae: AE, settings: Settings, event_handlers: list[Any], shared: bool
-) -> ThreadedAssociationServer:
-    """What ``ae.start_server(block=False)`` does, with our server class when shared."""
+) -> NodeServer:
+    """What ``ae.start_server(block=False)`` does, with our server classes."""
+    tls = tls_context(settings)  # a bad file stops the start before the port is bound
     server = ae.make_server(
         (settings.node.host, settings.node.port),
         evt_handlers=event_handlers,
@@ -97,6 +158,8 @@ def _serve_in_thread(
     )
     assert isinstance(server, NodeServer)
     server.allowed_hosts = settings.node.allowed_hosts
+    server.tls_context = tls
+    server.handshake_timeout = float(ae.acse_timeout or 30)
     server.contexts = _Contexts(server.contexts)
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
@@ -150,6 +213,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
             "ae_title": settings.node.ae_title,
             "host": host,
             "port": port,
+            "tls": server.tls_context is not None,
         },
     )
     return server
