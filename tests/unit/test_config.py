@@ -59,6 +59,7 @@ def test_data_dir_is_relative_to_the_settings_file(tmp_path: Path) -> None:
         ("[worker]\ndevice = 'tpu'\n", "[worker] device:"),
         ("[nodes]\nport = 1\n", "nodes: Extra inputs are not permitted"),
         ("[node]\nallowed_hosts = ['10.0.0.300']\n", "allowed_hosts: Value error, not an address"),
+        ("[node]\ntls_certificate = 'c.pem'\n", "tls_certificate and tls_private_key go together"),
         ("[node\n", "not valid TOML"),
         (
             "[[routes]]\nname = 'r'\nmatch = { Modalty = 'MG' }\nsend_to = []\n",
