@@ -176,8 +176,36 @@ class PeerSettings(_Section):
     port: Annotated[int, Field(ge=1, le=65535)]
     #: The output encodings this peer takes (SC: for viewers that cannot show SEG).
     accepts: tuple[Literal["seg", "sr", "sc"], ...] = ("seg", "sr")
+    #: Send over DICOM TLS (TLS 1.2+), checking the peer's certificate.
+    tls: bool = False
+    #: PEM CA file that signed the peer's certificate; empty: the system's trusted CAs.
+    tls_ca: str = ""
+    #: The name the peer's certificate must carry; empty: ``host``.
+    tls_server_name: str = ""
+    #: Our client certificate and key (PEM), for peers that require one.
+    tls_certificate: str = ""
+    tls_private_key: str = ""
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> PeerSettings:
+        if bool(self.tls_certificate) != bool(self.tls_private_key):
+            raise ValueError(f"{self.name}: tls_certificate and tls_private_key go together")
+        if (self.tls_ca or self.tls_certificate or self.tls_server_name) and not self.tls:
+            raise ValueError(f"{self.name}: tls_* settings need tls = true")
+        return self
+
+
+def _resolve_peer_files(peer: PeerSettings, base: Path) -> PeerSettings:
+    """The peer with its TLS file paths resolved against ``base`` (the settings' folder)."""
+    keys = ("tls_ca", "tls_certificate", "tls_private_key")
+    update = {
+        key: str((base / value).resolve())
+        for key in keys
+        if (value := getattr(peer, key)) and not Path(value).is_absolute()
+    }
+    return peer.model_copy(update=update) if update else peer
 
 
 def _check_match(match: dict[str, MatchValue]) -> dict[str, MatchValue]:
@@ -258,6 +286,10 @@ class Settings(BaseSettings):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
+        base = self.source.parent if self.source is not None else Path.cwd()
+        peers = tuple(_resolve_peer_files(peer, base) for peer in self.peers)
+        if peers != self.peers:
+            object.__setattr__(self, "peers", peers)
         node = self.node
         if bool(node.tls_certificate) != bool(node.tls_private_key):
             raise ValueError("node: tls_certificate and tls_private_key go together")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,7 @@ def echo_peer(peer: PeerSettings, calling_ae: str) -> int:
     """C-ECHO ``peer``; return the status, raise SendError if unreachable."""
     ae = _ae(calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer))
     if not assoc.is_established:
         raise SendError(
             f"cannot associate with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
@@ -195,6 +196,25 @@ def _unreachable(peer: PeerSettings) -> str | None:
     return None
 
 
+def _tls_args(peer: PeerSettings) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for ``peer`` (TLS 1.2+, certificate checked); None: TCP.
+
+    Raises SendError when a TLS file cannot be loaded.
+    """
+    if not peer.tls:
+        return None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=peer.tls_ca or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if peer.tls_certificate:
+            context.load_cert_chain(peer.tls_certificate, peer.tls_private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SendError(
+            f"{peer.name}: cannot load its TLS files: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+    return context, peer.tls_server_name or peer.host
+
+
 def _association_error(assoc: object, peer: PeerSettings) -> str:
     if assoc.is_rejected:  # type: ignore[attr-defined]
         return f"association rejected by {peer.ae_title}@{peer.host}:{peer.port}"
@@ -210,9 +230,14 @@ def _store_batch(
         ae = _ae(calling_ae)
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, syntax)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-        if not assoc.is_established:
-            reason = _association_error(assoc, peer)
+        try:
+            tls_args = _tls_args(peer)
+        except SendError as exc:
+            reason = str(exc)
+        else:
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+            if not assoc.is_established:
+                reason = _association_error(assoc, peer)
     if assoc is None or reason is not None:
         logger.warning(
             "peer unreachable",

@@ -141,3 +141,41 @@ def test_a_certificate_that_cannot_be_loaded_stops_the_start_with_one_line(
         f"Error: [node] tls_certificate / tls_private_key: cannot load {tmp_path / 'missing.pem'}"
         f" and {certs.server_key}: No such file or directory"
     ]
+
+
+def _sender_config(folder: Path, node: NodeProcess, peer_lines: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "sender.toml"
+    config.write_text(
+        f'[node]\nae_title = "SENDER"\nport = 0\ndata_dir = "{folder / "var"}"\n'
+        f'[[peers]]\nname = "secure"\nae_title = "DICOMNODE"\nhost = "127.0.0.1"\n'
+        f"port = {node.port}\n{peer_lines}",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _dicomnode(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_dicomnode_sends_to_a_tls_peer_and_checks_its_certificate(
+    tls_node: NodeProcess, certs: Certificates, tmp_path: Path
+) -> None:
+    path, uid = _instance(tmp_path)
+    trusted = _sender_config(
+        tmp_path / "trusted", tls_node,
+        f'tls = true\ntls_ca = "{certs.ca}"\ntls_server_name = "localhost"\n',
+    )  # fmt: skip
+    assert _dicomnode(trusted, "echo", "secure").returncode == 0
+    done = _dicomnode(trusted, "send", str(path), "--to", "secure")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert uid in {r.sop_instance_uid for r in tls_node.instances()}
+    # Without the CA the node's certificate is not trusted; without TLS no handshake.
+    untrusted = _sender_config(tmp_path / "untrusted", tls_node, "tls = true\n")
+    assert _dicomnode(untrusted, "echo", "secure").returncode != 0
+    plain = _sender_config(tmp_path / "plain", tls_node, "")
+    assert _dicomnode(plain, "echo", "secure").returncode != 0

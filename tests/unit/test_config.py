@@ -60,6 +60,10 @@ def test_data_dir_is_relative_to_the_settings_file(tmp_path: Path) -> None:
         ("[nodes]\nport = 1\n", "nodes: Extra inputs are not permitted"),
         ("[node]\nallowed_hosts = ['10.0.0.300']\n", "allowed_hosts: Value error, not an address"),
         ("[node]\ntls_certificate = 'c.pem'\n", "tls_certificate and tls_private_key go together"),
+        (
+            "[[peers]]\nname = 'a'\nae_title = 'A'\nhost = 'h'\nport = 1\ntls_ca = 'ca.pem'\n",
+            "a: tls_* settings need tls = true",
+        ),
         ("[node\n", "not valid TOML"),
         (
             "[[routes]]\nname = 'r'\nmatch = { Modalty = 'MG' }\nsend_to = []\n",
