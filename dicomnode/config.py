@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -197,14 +197,10 @@ class PeerSettings(_Section):
         return self
 
 
-def _resolve_peer_files(peer: PeerSettings, base: Path) -> PeerSettings:
-    """The peer with its TLS file paths resolved against ``base`` (the settings' folder)."""
+def _resolve_peer_files(peer: PeerSettings, resolve: Callable[[str], Path]) -> PeerSettings:
+    """The peer with its TLS file paths made absolute by ``resolve``."""
     keys = ("tls_ca", "tls_certificate", "tls_private_key")
-    update = {
-        key: str((base / value).resolve())
-        for key in keys
-        if (value := getattr(peer, key)) and not Path(value).is_absolute()
-    }
+    update = {key: str(resolve(value)) for key in keys if (value := getattr(peer, key))}
     return peer.model_copy(update=update) if update else peer
 
 
@@ -286,8 +282,7 @@ class Settings(BaseSettings):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
-        base = self.source.parent if self.source is not None else Path.cwd()
-        peers = tuple(_resolve_peer_files(peer, base) for peer in self.peers)
+        peers = tuple(_resolve_peer_files(peer, self.resolve) for peer in self.peers)
         if peers != self.peers:
             object.__setattr__(self, "peers", peers)
         node = self.node
@@ -302,30 +297,29 @@ class Settings(BaseSettings):
                     raise ValueError(f"{entry.name}: send_to names unknown peer {target!r}")
         return self
 
-    @property
-    def data_dir(self) -> Path:
-        """The data folder, resolved against the settings file's folder."""
-        path = self.node.data_dir
+    def resolve(self, path: Path | str) -> Path:
+        """An absolute path: a relative one is taken from the settings file's folder (the
+        working directory for built-in defaults)."""
+        path = Path(path)
         if not path.is_absolute() and self.source is not None:
             path = self.source.parent / path
         return path.resolve()
 
     @property
+    def data_dir(self) -> Path:
+        """The data folder, resolved against the settings file's folder."""
+        return self.resolve(self.node.data_dir)
+
+    @property
     def model_dirs(self) -> tuple[Path, ...]:
         """Folders with model manifests: ``[models] dirs`` (resolved like data_dir), then
         ``data_dir/models``."""
-        base = self.source.parent if self.source is not None else Path.cwd()
-        dirs = tuple((p if p.is_absolute() else base / p).resolve() for p in self.models.dirs)
-        return (*dirs, self.data_dir / "models")
+        return (*(self.resolve(p) for p in self.models.dirs), self.data_dir / "models")
 
     def tls_file(self, key: str) -> Path | None:
         """A ``[node] tls_*`` file resolved like ``data_dir``; None when not set."""
         value = str(getattr(self.node, key))
-        if not value:
-            return None
-        path = Path(value)
-        base = self.source.parent if self.source is not None else Path.cwd()
-        return (path if path.is_absolute() else base / path).resolve()
+        return self.resolve(value) if value else None
 
     @property
     def receive_processes(self) -> int:

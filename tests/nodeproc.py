@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from dicomnode.index.db import make_engine, make_session_factory
 from dicomnode.index.schema import InstanceRecord
 
-__all__ = ["NodeProcess", "WorkerProcess", "children", "free_port", "wait_for_echo"]
+__all__ = [
+    "NodeProcess",
+    "WorkerProcess",
+    "children",
+    "free_port",
+    "run_dicomnode",
+    "wait_for_echo",
+]
 
 
 def children(pid: int) -> list[int]:
@@ -45,6 +52,17 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def run_dicomnode(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dicomnode ARGS`` as a user would, without our DICOMNODE_ overrides."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dicomnode", *args],
+        capture_output=True, text=True, cwd=cwd, env=clean | (env or {}), timeout=120, check=False,
+    )  # fmt: skip
 
 
 def free_port() -> int:

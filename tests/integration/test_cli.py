@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,17 +11,13 @@ from pydicom.data import get_testdata_file
 
 from dicomnode import __version__
 from tests.factories import encode, small_ct
-from tests.nodeproc import NodeProcess, free_port
+from tests.nodeproc import NodeProcess, free_port, run_dicomnode
 
 
 def dicomnode(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "dicomnode", *args],
-        capture_output=True, text=True, cwd=cwd, env=clean | (env or {}), timeout=120, check=False,
-    )  # fmt: skip
+    return run_dicomnode(*args, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")

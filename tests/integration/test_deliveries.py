@@ -8,9 +8,7 @@ statuses, and checks what the peer received and what the index says.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +43,7 @@ from dicomnode.index.schema import (
 )
 from dicomnode.send.deliveries import DeliveryCounts, send_due_deliveries
 from tests.factories import dataset_bytes, encode, small_ct
-from tests.nodeproc import free_port
+from tests.nodeproc import free_port, run_dicomnode
 from tests.recording_scp import RecordingSCP
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -411,11 +409,7 @@ def test_delivery_to_a_peer_no_longer_configured_fails_visibly(
 
 
 def dicomnode(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "dicomnode", "--config", str(config), *args],
-        capture_output=True, text=True, env=clean, timeout=120, check=False,
-    )  # fmt: skip
+    return run_dicomnode("--config", str(config), *args)
 
 
 def test_deliveries_command_lists_and_retries(scp: RecordingSCP, tmp_path: Path) -> None:

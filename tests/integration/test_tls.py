@@ -6,7 +6,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from dicomnode.receive.status import Status
 from tests.factories import encode, small_ct
-from tests.nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess, run_dicomnode
 from tests.scu import dcmtk_env, send_file, try_associate
 from tests.tls import Certificates, client_context, make_certificates
 
@@ -131,10 +130,7 @@ def test_a_certificate_that_cannot_be_loaded_stops_the_start_with_one_line(
         f'tls_private_key = "{certs.server_key}"\n',
         encoding="utf-8",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomnode", "--config", str(config), "serve"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = run_dicomnode("--config", str(config), "serve")
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [
@@ -156,10 +152,7 @@ def _sender_config(folder: Path, node: NodeProcess, peer_lines: str) -> Path:
 
 
 def _dicomnode(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomnode", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    return run_dicomnode("--config", str(config), *args)
 
 
 def test_dicomnode_sends_to_a_tls_peer_and_checks_its_certificate(
