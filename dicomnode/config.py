@@ -76,8 +76,18 @@ class NodeSettings(_Section):
     study_quiet_seconds: Annotated[float, Field(gt=0)] = 10
     #: A study still receiving this long after its first instance is made stable anyway.
     study_force_complete_seconds: Annotated[float, Field(gt=0)] = 3600
-    maximum_pdu_size: Annotated[int, Field(ge=0)] = 262144
+    #: The largest PDU we accept (advertised to peers); a longer one is aborted unread.
+    maximum_pdu_size: Annotated[int, Field(ge=4096, le=4194304)] = 262144
     maximum_associations: Annotated[int, Field(ge=1)] = 32
+    #: A peer that stops mid-PDU, or sends nothing for this long, is aborted.
+    network_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
+    #: A connection that has not sent a whole A-ASSOCIATE-RQ by then is closed.
+    association_request_timeout: Annotated[float, Field(gt=0, le=600)] = 10
+    #: Connections (pending and associated) one host may hold in a receiving process.
+    max_connections_per_host: Annotated[int, Field(ge=1)] = 32
+    #: Connections still waiting for their A-ASSOCIATE-RQ in a receiving process;
+    #: when full, the oldest of them is closed to make room.
+    max_pending_connections: Annotated[int, Field(ge=1)] = 128
     #: Processes accepting associations on the port (SO_REUSEPORT), so concurrent
     #: associations use more than one core; 0: one per CPU, at most 4.
     receive_processes: Annotated[int, Field(ge=0, le=64)] = 0

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.errors import DicomnodeError, StorageError
 from dicomnode.index.queries import close_association, open_association
 from dicomnode.index.schema import utc_now
-from dicomnode.receive.fastpath import tune_association
+from dicomnode.receive._patches import tune_association
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.spool import take_spool
 from dicomnode.receive.status import Status, status_for_error

@@ -30,24 +30,28 @@ import logging
 import os
 import struct
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
-    _config,
-    dimse_messages,
 )
 
-__all__ = ["SpoolFile", "file_meta_bytes", "install_spool", "take_spool"]
+__all__ = [
+    "SpoolFile",
+    "discard_untaken",
+    "file_meta_bytes",
+    "install_spool",
+    "open_spool",
+    "take_spool",
+]
 
 logger = logging.getLogger(__name__)
 
 _SPOOL_ATTR = "dicomnode_spool_dir"
 _OPEN_ATTR = "dicomnode_open_spools"
-_install_lock = threading.Lock()
+_MAX_ATTR = "dicomnode_max_instance_bytes"
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, do not wait
 
 
@@ -72,10 +76,14 @@ class SpoolFile:
     ``write()``, ``file.flush()`` and ``close()``.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_bytes: int = 0) -> None:
         self._fd = -1
         self.error: OSError | None = None
         self.size = 0
+        #: The most this file may hold (0: no limit); past it, the rest is dropped.
+        self.max_bytes = max_bytes
+        #: Whether more than ``max_bytes`` arrived (then nothing more was written).
+        self.too_large = False
         self._hash = hashlib.sha256()
         self.file = self  # pynetdicom calls ``self._data_set_file.file.flush()``
         # mkstemp gives a unique name with O_EXCL, mode 0600.
@@ -85,7 +93,11 @@ class SpoolFile:
 
     def write(self, data: bytes) -> int:
         """Append ``data``; after an error, drop it and remember the first error."""
-        if self.error is not None:
+        if self.error is not None or self.too_large:
+            return len(data)
+        if self.max_bytes and self.size + len(data) > self.max_bytes:
+            # Stop writing; the handler answers with a failure and removes the file.
+            self.too_large = True
             return len(data)
         view = memoryview(data)
         try:
@@ -175,44 +187,37 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: 
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements
 
 
-def _create_file_meta(
-    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, **_: Any
-) -> bytes:
-    # Stands in for pynetdicom.dsutils.create_file_meta inside dimse_messages only.
-    return file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax)
+def install_spool(ae: Any, folder: Path, max_instance_bytes: int = 0) -> None:
+    """Make pynetdicom stream C-STORE datasets for ``ae`` into ``folder``.
+
+    The patch that routes pynetdicom's temporary files here is applied by
+    :func:`dicomnode.receive._patches.install`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    setattr(ae, _SPOOL_ATTR, folder)
+    setattr(ae, _OPEN_ATTR, {})
+    setattr(ae, _MAX_ATTR, max_instance_bytes)
 
 
-def _write_file_meta_info(fp: Any, file_meta: bytes, *_: Any, **__: Any) -> None:
-    # Stands in for pydicom's write_file_meta_info inside dimse_messages only.
-    fp.write(file_meta)
-
-
-def _spool_factory(*args: Any, **kwargs: Any) -> Any:
-    # Called by pynetdicom's DUL thread as ``NamedTemporaryFile(delete=False, ...)``.
-    # The DUL thread knows its association, whose AE carries our spool folder.
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    ae = getattr(assoc, "ae", None)
+def open_spool(ae: Any) -> SpoolFile | None:
+    """A new spool file for an association of ``ae``; None if ``ae`` has no spool."""
     folder: Path | None = getattr(ae, _SPOOL_ATTR, None)
     if folder is None:
-        return _original_factory(*args, **kwargs)
-    spool = SpoolFile(folder)
+        return None
+    spool = SpoolFile(folder, getattr(ae, _MAX_ATTR, 0))
     getattr(ae, _OPEN_ATTR)[spool.name] = spool
     return spool
 
 
-_original_factory = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
-
-
-def install_spool(ae: Any, folder: Path) -> None:
-    """Make pynetdicom stream C-STORE datasets for ``ae`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    setattr(ae, _SPOOL_ATTR, folder)
-    setattr(ae, _OPEN_ATTR, {})
-    with _install_lock:
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[attr-defined]
-        dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined,assignment]
-        dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined,assignment]
+def discard_untaken(ae: Any, spools: list[SpoolFile]) -> int:
+    """Close and delete those of ``spools`` no handler has taken; how many there were."""
+    opened: dict[str, SpoolFile] = getattr(ae, _OPEN_ATTR, {})
+    count = 0
+    for spool in spools:
+        if opened.pop(spool.name, None) is not None:  # pop: the handler cannot take it now
+            spool.discard()
+            count += 1
+    return count
 
 
 def take_spool(ae: Any, path: os.PathLike[str] | str) -> SpoolFile | None:

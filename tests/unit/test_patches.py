@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 from pydicom.uid import CTImageStorage, MRImageStorage
@@ -11,7 +12,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicomnode.receive.fastpath import recv_exact, store_response_bytes, wait_ready
+from dicomnode.receive._patches import recv_exact, store_response_bytes, wait_ready
 
 
 class Holder:
@@ -33,8 +34,9 @@ def test_recv_exact_returns_exactly_the_bytes_asked_for_across_many_sends() -> N
 
     sender = threading.Thread(target=send)
     sender.start()
-    got = recv_exact(Holder(right), len(payload) - 5)
-    rest = recv_exact(Holder(right), 5)
+    deadline = time.monotonic() + 30
+    got = recv_exact(right, len(payload) - 5, deadline)
+    rest = recv_exact(right, 5, deadline)
     sender.join()
     assert bytes(got) + bytes(rest) == payload
     left.close()
@@ -45,7 +47,42 @@ def test_recv_exact_returns_what_arrived_when_the_peer_closes() -> None:
     left, right = socket.socketpair()
     left.sendall(b"abc")
     left.close()
-    assert bytes(recv_exact(Holder(right), 10)) == b"abc"
+    assert bytes(recv_exact(right, 10, time.monotonic() + 30)) == b"abc"
+    right.close()
+
+
+def test_recv_exact_raises_timeout_when_the_peer_stops_mid_read() -> None:
+    left, right = socket.socketpair()
+    left.sendall(b"abc")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        recv_exact(right, 10, started + 0.3)
+    assert time.monotonic() - started < 2
+    left.close()
+    right.close()
+
+
+def test_recv_exact_keeps_its_deadline_against_a_trickle() -> None:
+    """A peer sending a byte now and then cannot stretch the deadline."""
+    left, right = socket.socketpair()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.05):
+            try:
+                left.send(b"x")
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        recv_exact(right, 1000, started + 0.5)
+    assert time.monotonic() - started < 1.5
+    stop.set()
+    sender.join()
+    left.close()
     right.close()
 
 
