@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -22,6 +22,9 @@ from dicomnode import __version__
 from dicomnode.config import PeerSettings, Settings, load_settings
 from dicomnode.errors import ConfigError, DicomnodeError
 from dicomnode.log import configure_logging
+
+if TYPE_CHECKING:
+    from dicomnode.worker.supervisor import Lifeline
 
 __all__ = ["main"]
 
@@ -134,21 +137,32 @@ def _receiving(settings: Settings) -> tuple[Any, Any, Any, Any]:
     return engine, session_factory, ingest, server
 
 
-def _stop_receiving(engine: Any, ingest: Any, server: Any) -> None:
+def _stop_receiving(engine: Any, ingest: Any, server: Any, grace: float = 30.0) -> None:
     # Stop accepting, let running associations finish (bounded), then drain the writer.
     server.shutdown()
-    _wait_for_associations(server)
+    _wait_for_associations(server, grace)
     ingest.stop()
     engine.dispose()
 
 
-def _preflight(settings: Settings) -> None:
+def _preflight(settings: Settings, node_pid: int) -> None:
     """What the serving process checks once at start (run in a forked child)."""
     from dicomnode.index.db import upgrade_database
+    from dicomnode.worker.supervisor import die_with_node
+
+    die_with_node(node_pid)  # a node killed mid-start leaves no migration running
 
     _check_models(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
+    _backfill(settings)
+
+
+def _backfill(settings: Settings) -> None:
+    """Record rule attributes of series indexed before revision 0004 (reads files)."""
+    from dicomnode.receive.backfill import backfill_database
+
+    backfill_database(settings.database_url, settings.data_dir)
 
 
 def _without_pixel_libraries() -> None:
@@ -168,7 +182,7 @@ def _serve(settings: Settings, ctx: click.Context, with_workers: bool) -> None:
     from dicomnode.forked import run_forked
 
     try:
-        run_forked(_preflight, settings)  # keeps numpy, models and Alembic out of here
+        run_forked(_preflight, settings, os.getpid())  # keeps numpy, models, Alembic out
     except DicomnodeError as exc:
         raise click.ClickException(str(exc)) from exc
     _without_pixel_libraries()
@@ -206,20 +220,41 @@ def receive(ctx: click.Context, supervised: bool) -> None:
     settings = _settings(ctx)
     _logging(ctx, settings, to_file=not supervised)
     _without_pixel_libraries()
-    stop = _stop_event()
     engine, _, ingest, server = _receiving(settings)
-    _stop_with_parent(stop, supervised)
+    # Until here SIGTERM, also the one the kernel sends when the node dies, ends us at
+    # once: nothing has been received yet.
+    stop = _stop_event()
+    lifeline = _stop_with_parent(stop, supervised, exit_after=_ORPHAN_RECEIVER_EXIT_S)
     stop.wait()
-    _stop_receiving(engine, ingest, server)
+    # An orphan frees the port at once and aborts what it is receiving: nothing it
+    # acknowledged is lost (success means committed) and the peer sends the rest again.
+    orphaned = lifeline is not None and not lifeline.node_alive()
+    _stop_receiving(engine, ingest, server, grace=0.0 if orphaned else 30.0)
 
 
-def _stop_with_parent(stop: threading.Event, supervised: bool) -> None:
-    """Set ``stop`` when a supervised child's parent (the node) is gone, even by SIGKILL."""
+#: How long a receiving process whose node died may take to stop before it exits.
+_ORPHAN_RECEIVER_EXIT_S = 5.0
+
+
+def _stop_with_parent(
+    stop: threading.Event, supervised: bool, exit_after: float
+) -> Lifeline | None:
+    """Set ``stop`` when a supervised child's node is gone, even by SIGKILL.
+
+    The node's lifeline (see :mod:`dicomnode.worker.supervisor`) was armed as this
+    process started; here a thread starts watching it, and the process exits
+    ``exit_after`` seconds after the node died if it has not stopped by then.
+    Returns the lifeline (``None`` when not started by a node).
+    """
+    from dicomnode.worker.supervisor import arm_lifeline
+
     if not supervised:
-        return
-    try:
-        # Linux: have the kernel send SIGTERM the moment the parent dies, so an
-        # orphan stops sharing the port before a restarted node needs it.
+        return None
+    lifeline = arm_lifeline()  # again: `dicomnode` (not `python -m`) skipped __main__
+    if lifeline is not None:
+        lifeline.watch(stop.set, exit_after)
+        return lifeline
+    try:  # `--supervised` by hand, without a lifeline: watch whoever is our parent
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -233,6 +268,7 @@ def _stop_with_parent(stop: threading.Event, supervised: bool) -> None:
                 stop.set()
 
     threading.Thread(target=_watch, daemon=True).start()
+    return None
 
 
 def _wait_for_associations(server: Any, grace: float = 30.0) -> None:
@@ -259,17 +295,21 @@ def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
     # Under `run` the node's stderr (and its log file) carries our records.
     _logging(ctx, settings, to_file=not supervised)
     from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
-    from dicomnode.worker.runner import Worker
+    from dicomnode.models.device import resolve_device
+    from dicomnode.worker.runner import SHUTDOWN_GRACE_S, Worker
 
     _check_models(settings)
     upgrade_database(settings.database_url)
     engine = make_engine(settings.database_url)
     runner = Worker(settings, make_session_factory(engine))
+    resolve_device(settings.worker.device)  # imports torch: seconds, still start-up
     stop = _stop_event()
 
-    # Stop on SIGTERM; a supervised worker also stops when its node dies (even by
-    # SIGKILL), so a restarted node never finds an orphan working beside it.
-    _stop_with_parent(stop, supervised)
+    # Until here SIGTERM, also the one the kernel sends when the node dies, ends us at
+    # once: we hold no job yet. From here it stops us in order, and a supervised worker
+    # also stops when its node dies (even by SIGKILL), so a restarted node never finds
+    # an orphan working beside it.
+    _stop_with_parent(stop, supervised, exit_after=SHUTDOWN_GRACE_S + 10.0)
 
     def _relay() -> None:
         stop.wait()
@@ -298,6 +338,7 @@ def db_upgrade(ctx: click.Context) -> None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
+    _backfill(settings)
     click.echo("database is at the latest revision")
 
 
@@ -658,10 +699,11 @@ def rules() -> None:
 def rules_test(ctx: click.Context, files: tuple[Path, ...], calling_ae: str | None) -> None:
     """Show which pipelines and routes these files would trigger, and why."""
     settings = _settings(ctx.find_root())
-    from pydicom import dcmread
+    import tempfile
 
+    from dicomnode.receive.inspect import inspect_instance
     from dicomnode.schedule.plan import compile_plan
-    from dicomnode.schedule.rules import attributes_from_dataset
+    from dicomnode.schedule.rules import rule_attributes
     from dicomnode.send.scu import collect_files
 
     plan = compile_plan(settings)
@@ -670,9 +712,17 @@ def rules_test(ctx: click.Context, files: tuple[Path, ...], calling_ae: str | No
     if not entries:
         click.echo("no pipelines or routes configured")
         return
+    unreadable = 0
     for path in collect_files(files):
-        ds = dcmread(path, stop_before_pixels=True)
-        attrs = attributes_from_dataset(ds, calling_ae=calling_ae)
+        # The header walk of ingest, so a rule means here what it means in the scheduler.
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                info = inspect_instance(path, Path(scratch))
+            except (OSError, DicomnodeError) as exc:
+                click.echo(f"{path}: the node would refuse it: {exc}")
+                unreadable += 1
+                continue
+        attrs = rule_attributes(info.attributes.to_json(), calling_ae)
         click.echo(f"{path}:")
         for kind, name, match in entries:
             result = match.evaluate(attrs)
@@ -680,6 +730,8 @@ def rules_test(ctx: click.Context, files: tuple[Path, ...], calling_ae: str | No
             click.echo(f"  {kind} {name}: {verdict}")
             for line in result.explain().splitlines():
                 click.echo(f"    {line}")
+    if unreadable:
+        ctx.exit(1)
 
 
 # -- deliveries ------------------------------------------------------------------------

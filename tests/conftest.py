@@ -1,11 +1,20 @@
-"""Shared fixtures: a private PostgreSQL server per test session (per xdist worker)."""
+"""Shared fixtures: a private PostgreSQL server per test session (per xdist worker).
+
+Also the session's process check: every process the tests start carries
+``PYTEST_DICOMNODE_SESSION=<this pytest process's id>`` in its environment, and when the
+session ends none of them may still run (:func:`no_process_left_behind`).
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import re
+import signal
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,12 +51,71 @@ REQUIRE_TOOLS_ENV = "DICOMNODE_REQUIRE_TOOLS"
 _TOOLS = ("storescu", "echoscu", "storescp", "dciodvfy", "sqlite3", "openssl")
 
 
+#: Set to a value unique to each pytest process (each xdist worker) at session start;
+#: every process the tests start inherits it, so a leftover one can be told apart from
+#: anything else on the machine. Not ``DICOMNODE_``: tests/nodeproc.py drops those.
+SESSION_ENV = "PYTEST_DICOMNODE_SESSION"
+#: How long a process the tests started may take to exit after the last test.
+LEFTOVER_GRACE_S = 3.0
+
+
+def processes_marked(session: str) -> dict[int, str]:
+    """Running processes started with ``SESSION_ENV=session``: pid -> command line.
+
+    ``/proc/PID/environ`` is the environment a process was started with, so this finds
+    every process the session started and their children, wherever they are now (an
+    orphan has init as its parent). A zombie's environ reads empty: it is not found.
+    """
+    marker = f"{SESSION_ENV}={session}".encode()
+    found = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
+        try:
+            if pid == os.getpid() or marker not in environ.read_bytes().split(b"\0"):
+                continue
+            cmdline = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone while we looked, or not ours to read
+            continue
+        found[pid] = cmdline.decode(errors="replace").strip()
+    return found
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """With DICOMNODE_REQUIRE_TOOLS=1 a missing tool fails the run instead of skipping."""
+    """Mark this session's processes; with DICOMNODE_REQUIRE_TOOLS=1 require the tools."""
     import shutil
 
+    # One value per pytest process: under xdist each worker checks its own processes.
+    os.environ[SESSION_ENV] = uuid.uuid4().hex
     if os.environ.get(REQUIRE_TOOLS_ENV) != "1":
         return
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
         raise pytest.UsageError(f"{REQUIRE_TOOLS_ENV}=1 but not installed: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Fail the run when a process the tests started outlives them (then kill it).
+
+    Set up before, so torn down after, every other session fixture (PostgreSQL,
+    peers): whatever still carries this session's mark a few seconds later was left
+    behind, such as a node's child that never noticed its node die.
+    """
+    yield
+    session = os.environ[SESSION_ENV]
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := processes_marked(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not left:
+        return
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    listing = "\n".join(f"  pid {pid}: {cmdline[:300]}" for pid, cmdline in left.items())
+    pytest.fail(
+        f"{len(left)} process(es) the tests started still ran {LEFTOVER_GRACE_S:g} s after "
+        f"the last test (now killed):\n{listing}",
+        pytrace=False,
+    )

@@ -25,8 +25,11 @@ from dicomnode.index.schema import InstanceRecord
 __all__ = [
     "NodeProcess",
     "WorkerProcess",
+    "alive",
     "children",
     "free_port",
+    "port_is_free",
+    "processes_running",
     "run_dicomnode",
     "wait_for_echo",
 ]
@@ -45,13 +48,27 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie counts as gone)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state != "Z"
+
+
+def processes_running(cmdline_contains: str) -> list[int]:
+    """Running processes (not zombies, not this one) whose command line has the text."""
+    needle = cmdline_contains.encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        pid = int(cmdline.parent.name)
+        try:
+            if pid != os.getpid() and needle in cmdline.read_bytes() and alive(pid):
+                found.append(pid)
+        except OSError:  # gone while we looked
+            continue
+    return found
 
 
 def run_dicomnode(
@@ -70,6 +87,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` (on any address) any more."""
+    with socket.socket() as sock:
+        # SO_REUSEADDR passes over closed connections in TIME_WAIT, never over a
+        # listening socket; without SO_REUSEPORT ours cannot share the node's port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+            sock.listen()
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_echo(
@@ -144,8 +175,8 @@ class NodeProcess:
         self.log = folder / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, log_level: str = "INFO") -> NodeProcess:
-        """Start the node and wait until it answers C-ECHO."""
+    def launch(self, log_level: str = "INFO") -> subprocess.Popen[bytes]:
+        """Start the node as a user does, without waiting for it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -153,6 +184,11 @@ class NodeProcess:
                  "--log-level", log_level, self.command],
                 stdout=log, stderr=log, env=env, cwd=self.folder,
             )  # fmt: skip
+        return self.proc
+
+    def start(self, log_level: str = "INFO") -> NodeProcess:
+        """Start the node and wait until it answers C-ECHO."""
+        self.launch(log_level)
         try:
             wait_for_echo(self.port, self.ae_title, calling_ae=self.probe_ae, tls=self.probe_tls)
         except TimeoutError:
@@ -178,7 +214,7 @@ class NodeProcess:
             self.proc.kill()
             self.proc.wait()
             deadline = time.monotonic() + 30
-            while any(_alive(pid) for pid in kids) and time.monotonic() < deadline:
+            while any(alive(pid) for pid in kids) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
     def __enter__(self) -> NodeProcess:
