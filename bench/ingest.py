@@ -15,7 +15,9 @@ Workloads:
 ``b``  2,000 small CT instances (pydicom's ``CT_small.dcm`` with new UIDs: four
        studies of 500) over four concurrent associations, one ``storescu`` each.
 
-Receivers: ``dicomnode run`` (fsync + SQLite commit per instance), Orthanc
+Receivers: ``dicomnode serve`` (fsync + SQLite commit per instance), ``dicomnode-run``
+(``dicomnode run`` as users start it: the same plus its worker, which imports torch
+and loads the models while the sender is already sending), Orthanc
 (``SyncStorageArea``: fsync + SQLite index) and plain ``storescp`` (one association at
 a time, no fsync, no index). Every receiver keeps its default maximum PDU size.
 Peak RSS is the receiver process's ``VmHWM`` (lifetime high-water mark) or the highest
@@ -50,8 +52,13 @@ DICOMNODE = ROOT / ".venv" / "bin" / "dicomnode"
 ORTHANC = "/usr/sbin/Orthanc"
 #: DCMTK tools stall ~40 ms per message on Linux loopback without TCP_NODELAY.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-RECEIVERS = ("dicomnode", "orthanc", "storescp")
-AE_TITLES = {"dicomnode": "DICOMNODE", "orthanc": "ORTHANC", "storescp": "STORESCP"}
+RECEIVERS = ("dicomnode", "dicomnode-run", "orthanc", "storescp")
+AE_TITLES = {
+    "dicomnode": "DICOMNODE",
+    "dicomnode-run": "DICOMNODE",
+    "orthanc": "ORTHANC",
+    "storescp": "STORESCP",
+}
 SMALL_STUDIES, SMALL_PER_STUDY = 4, 500
 TMP = Path(tempfile.gettempdir())
 
@@ -258,6 +265,16 @@ class DicomnodeReceiver(Receiver):
             return int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
 
 
+class DicomnodeRunReceiver(DicomnodeReceiver):
+    """``dicomnode run``: the node with its default worker, timed from its first echo."""
+
+    name = "dicomnode-run"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        argv, env = super().command()
+        return [*argv[:-1], "run"], env
+
+
 class OrthancReceiver(Receiver):
     """Orthanc with a private JSON configuration, fsyncing its storage area."""
 
@@ -311,7 +328,8 @@ class StorescpReceiver(Receiver):
 
 
 RECEIVER_CLASSES: dict[str, type[Receiver]] = {
-    cls.name: cls for cls in (DicomnodeReceiver, OrthancReceiver, StorescpReceiver)
+    cls.name: cls
+    for cls in (DicomnodeReceiver, DicomnodeRunReceiver, OrthancReceiver, StorescpReceiver)
 }
 
 
@@ -492,6 +510,9 @@ def print_table(workloads: list[Workload], summaries: list[Summary]) -> None:
                 continue
             ratio = mine.inst_per_s / by_name[other].inst_per_s
             print(f"    dicomnode/{other} throughput: {ratio:.2f}x")
+        if mine is not None and "dicomnode-run" in by_name:
+            ratio = by_name["dicomnode-run"].inst_per_s / mine.inst_per_s
+            print(f"    dicomnode run/serve throughput: {ratio:.2f}x")
 
 
 def machine_facts() -> dict[str, Any]:

@@ -128,7 +128,11 @@ def _receiving(settings: Settings) -> tuple[Any, Any, Any, Any]:
 
     engine = make_engine(settings.database_url)
     session_factory = make_session_factory(engine)
-    ingest = Ingest(settings.data_dir, engine)
+    node = settings.node
+    ingest = Ingest(
+        settings.data_dir, engine, max_instance_bytes=node.max_instance_bytes,
+        max_inflated_bytes=node.max_inflated_bytes, max_elements=node.max_elements,
+    )  # fmt: skip
     ingest.start()
     try:
         server = start_scp(settings, ingest, session_factory)
@@ -156,13 +160,25 @@ def _preflight(settings: Settings, node_pid: int) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
     _backfill(settings)
+    _reconcile(settings)
+
+
+def _reconcile(settings: Settings) -> None:
+    """Index or quarantine instance files a crash left unindexed (reads files)."""
+    from dicomnode.receive.reconcile import reconcile_instances
+
+    reconcile_instances(settings.database_url, settings.data_dir)
 
 
 def _backfill(settings: Settings) -> None:
     """Record rule attributes of series indexed before revision 0004 (reads files)."""
     from dicomnode.receive.backfill import backfill_database
 
-    backfill_database(settings.database_url, settings.data_dir)
+    node = settings.node
+    backfill_database(
+        settings.database_url, settings.data_dir,
+        max_inflated_bytes=node.max_inflated_bytes, max_elements=node.max_elements,
+    )  # fmt: skip
 
 
 def _without_pixel_libraries() -> None:
@@ -713,11 +729,12 @@ def rules_test(ctx: click.Context, files: tuple[Path, ...], calling_ae: str | No
         click.echo("no pipelines or routes configured")
         return
     unreadable = 0
+    limits = (settings.node.max_inflated_bytes, settings.node.max_elements)
     for path in collect_files(files):
         # The header walk of ingest, so a rule means here what it means in the scheduler.
         with tempfile.TemporaryDirectory() as scratch:
             try:
-                info = inspect_instance(path, Path(scratch))
+                info = inspect_instance(path, Path(scratch), *limits)
             except (OSError, DicomnodeError) as exc:
                 click.echo(f"{path}: the node would refuse it: {exc}")
                 unreadable += 1

@@ -96,6 +96,13 @@ class NodeSettings(_Section):
     tls_private_key: str = ""
     #: PEM CA certificates; when set, peers must present a certificate they signed.
     tls_client_ca: str = ""
+    #: The largest instance (stored file: File Meta and dataset) accepted; larger: 0xA700.
+    max_instance_bytes: Annotated[int, Field(ge=1024)] = 4 * 2**30
+    #: The most a deflated dataset may inflate to while it is checked; more: 0xC000.
+    max_inflated_bytes: Annotated[int, Field(ge=1024)] = 256 * 2**20
+    #: The most data elements (with items and fragments, nested ones included) an
+    #: instance may hold; more: 0xC000.
+    max_elements: Annotated[int, Field(ge=100)] = 1_000_000
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

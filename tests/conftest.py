@@ -17,8 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.pg import PostgresServer, postgres_available
+
+# Hypothesis profiles of tests/fuzz (docs/security.md, "Fuzzing"): "ci", the default, runs
+# fixed examples within 60 s for all of tests/fuzz on 2 cores; HYPOTHESIS_PROFILE=long
+# runs many fresh ones by hand. The tests hold each example to 1 s of CPU; the wall-clock
+# deadline leaves room for a busy machine.
+hypothesis_settings.register_profile(
+    "ci", max_examples=150, deadline=2000, derandomize=True, database=None
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=5000, deadline=2000, database=None, print_blob=True
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Set to 1 (as CI does) to fail, not skip, PostgreSQL tests when no server can start.
 REQUIRE_POSTGRES_ENV = "DICOMNODE_REQUIRE_POSTGRES"

@@ -12,11 +12,15 @@ import copy
 import hashlib
 import os
 import struct
+import zlib
 from io import BytesIO
+from pathlib import Path
 
+import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, generate_uid
 
 from dicomnode.synth.ct import build_ct_series
 
@@ -24,11 +28,14 @@ __all__ = [
     "BOGUS_LENGTH",
     "bogus_length_element",
     "dataset_bytes",
+    "deflate_bomb",
+    "empty_element_bomb",
     "encode",
     "sha256_file",
     "short_pixel_data",
     "small_ct",
     "truncated_pixel_data",
+    "with_raw_value",
 ]
 
 BOGUS_LENGTH = 0xFFFFFFF0
@@ -236,3 +243,133 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """
     with open(path, "rb") as fp:
         return hashlib.file_digest(fp, "sha256").hexdigest()
+
+
+def _split_at_pixel_data(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """File Meta, the dataset before Pixel Data, and the rest (explicit VR LE)."""
+    dataset = dataset_bytes(data)
+    meta = data[: len(data) - len(dataset)]
+    pixel = dataset.index(_PIXEL_DATA_HEADER)
+    return meta, dataset[:pixel], dataset[pixel:]
+
+
+def empty_element_bomb(ds: Dataset, count: int, nested: bool = False) -> bytes:
+    """Return `ds` encoded with `count` empty elements added before Pixel Data.
+
+    Each element is 8 bytes: a header with a zero length (LO in odd, private groups
+    0009, 000B, ..., tags ascending). With `nested`, they sit in the one item of a
+    private sequence instead of at the top level. Such a file is small for what it
+    costs a reader that visits every element (pydicom builds an object per element).
+
+    Parameters
+    ----------
+    ds
+        Dataset to encode (Explicit VR Little Endian, Pixel Data last); not modified.
+    count
+        How many empty elements to add.
+    nested
+        Put them in a sequence item rather than at the top level.
+
+    Returns
+    -------
+    bytes
+        The Part 10 file.
+    """
+    meta, before, rest = _split_at_pixel_data(encode(ds))
+    # Element numbers 0x0100-0xFFFF of a private group: 0xFF00 per group. Built as one
+    # array of headers: millions of struct.pack calls would take seconds.
+    headers = np.zeros(
+        count, dtype=[("group", "<u2"), ("element", "<u2"), ("vr", "S2"), ("length", "<u2")]
+    )
+    index = np.arange(count)
+    headers["group"] = 0x0009 + 2 * (index // 0xFF00)
+    headers["element"] = 0x0100 + index % 0xFF00
+    headers["vr"] = b"LO"
+    elements = headers.tobytes()
+    if nested:
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, len(elements)) + elements
+        # (7FDF,0010) private creator, then (7FDF,1000) SQ holding the one item.
+        creator = struct.pack("<HH2sH", 0x7FDF, 0x0010, b"LO", 14) + b"DICOMNODE TEST"
+        sequence = struct.pack("<HH2s2xI", 0x7FDF, 0x1000, b"SQ", len(item)) + item
+        return meta + before + creator + sequence + rest
+    return meta + before + elements + rest
+
+
+def deflate_bomb(ds: Dataset, path: Path, inflated_bytes: int) -> int:
+    """Write `ds` to `path` deflated, with `inflated_bytes` of zeros in a private OB.
+
+    Each MiB of zeros is deflated once by a fresh compressor and flushed with
+    ``Z_FULL_FLUSH``, so its blocks refer to nothing before them and the same bytes
+    can be written again for every MiB: 1 GiB becomes about 1 MiB on disk in well
+    under a second, and no process ever holds the zeros.
+
+    Parameters
+    ----------
+    ds
+        Dataset to encode (Pixel Data last); not modified.
+    path
+        Where to write the Part 10 file (Deflated Explicit VR Little Endian).
+    inflated_bytes
+        Length of the private (0009,1010) OB value: a multiple of 1 MiB.
+
+    Returns
+    -------
+    int
+        The size of the file written.
+    """
+    step = 1 << 20
+    if inflated_bytes % step:
+        raise ValueError("inflated_bytes must be a multiple of 1 MiB")
+    deflated = copy.deepcopy(ds)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    # Encoded deflated only for its File Meta; the dataset is rebuilt from the plain one.
+    meta = encode(deflated)
+    meta = meta[: len(meta) - len(dataset_bytes(meta))]
+    _, before, rest = _split_at_pixel_data(encode(ds))
+    creator = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 14) + b"DICOMNODE TEST"
+    header = struct.pack("<HH2s2xI", 0x0009, 0x1010, b"OB", inflated_bytes)
+
+    def blocks(data: bytes, last: bool = False) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return compressor.compress(data) + compressor.flush(
+            zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH
+        )
+
+    zeros = blocks(bytes(step))
+    with path.open("wb") as fp:
+        fp.write(meta + blocks(before + creator + header))
+        for _ in range(inflated_bytes // step):
+            fp.write(zeros)
+        fp.write(blocks(rest, last=True))
+    return path.stat().st_size
+
+
+def with_raw_value(ds: Dataset, keyword: str, raw: bytes) -> bytes:
+    """Return `ds` encoded with `keyword`'s value replaced by exactly `raw`.
+
+    pydicom strips or refuses invalid values when they are set (a UID ending in a
+    newline, a Number of Frames of "1A"), so the encoded element is rewritten.
+
+    Parameters
+    ----------
+    ds
+        Dataset (Explicit VR Little Endian) that has `keyword`; not modified.
+    keyword
+        The top-level attribute to rewrite (a VR with a 2-byte length).
+    raw
+        Its new value, padded to even length (PS3.5 7.1.1).
+
+    Returns
+    -------
+    bytes
+        The Part 10 file.
+    """
+    tag = int(tag_for_keyword(keyword) or 0)
+    vr = dictionary_VR(keyword)
+    data = encode(ds)
+    header = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr.encode())
+    meta_end = len(data) - len(dataset_bytes(data))
+    at = data.index(header, meta_end)
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    value = raw + (b"\0" if vr == "UI" else b" ") * (len(raw) % 2)
+    return data[:at] + header + struct.pack("<H", len(value)) + value + data[at + 8 + length :]

@@ -91,9 +91,9 @@ def _read(sock: socket.socket, count: int) -> bytes:
     return data
 
 
-def associate(port: int, called_ae: str = "DICOMNODE") -> socket.socket:
+def associate(port: int, called_ae: str = "DICOMNODE", source: str = "127.0.0.1") -> socket.socket:
     """A connection with an accepted association (context 1: Verification, 3: CT)."""
-    sock = connect(port)
+    sock = connect(port, source)
     sock.sendall(associate_rq(called_ae))
     pdu_type, _ = read_pdu(sock)
     assert pdu_type == 0x02, f"association not accepted (PDU type 0x{pdu_type:02X}, {_.hex()})"

@@ -215,7 +215,10 @@ def fail_job(
 ) -> JobState | None:
     """Record a failed attempt: retry later, or dead after the last attempt (commits).
 
-    ``owner`` None fails the job whoever holds it (lease recovery).
+    ``owner`` None fails the job whoever holds it (lease recovery). ``error`` is kept
+    as the job's error text and shown by ``dicomnode jobs`` and the web page: it must
+    be our own words (:func:`dicomnode.worker.runner.job_error`), never the text of a
+    library's exception, which can quote element values (patient data).
     """
     job = session.get(JobRecord, job_id, with_for_update=True)
     if job is None or job.state != JobState.RUNNING:

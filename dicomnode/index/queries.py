@@ -1,16 +1,24 @@
-"""The index operations every stage uses: record instances, track studies."""
+"""The index operations every stage uses: record instances, track studies.
+
+Each series keeps the rule attributes of one *representative* instance: the one with
+the lowest InstanceNumber, the first received among equals, and instances without a
+number after all numbered ones. Ingest maintains it (:func:`record_instances`), so a
+series' attributes do not depend on the order its instances arrived in, and the
+scheduler reads them with :func:`series_rule_attributes` instead of opening files.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.index.attributes import attributes_json
 from dicomnode.index.schema import (
     AssociationRecord,
     InstanceRecord,
@@ -21,6 +29,7 @@ from dicomnode.index.schema import (
 
 __all__ = [
     "IdCache",
+    "SeriesAttributes",
     "StableStudy",
     "StudyImage",
     "StudySummary",
@@ -32,6 +41,7 @@ __all__ = [
     "mark_study_stable",
     "open_association",
     "record_instances",
+    "series_rule_attributes",
     "study_images",
 ]
 
@@ -64,6 +74,44 @@ _TOUCH_STUDIES = (
 _INSERT_STUDIES = insert(StudyRecord).returning(StudyRecord.study_instance_uid, StudyRecord.id)
 _INSERT_SERIES = insert(SeriesRecord).returning(SeriesRecord.series_instance_uid, SeriesRecord.id)
 _INSERT_INSTANCES = insert(InstanceRecord)
+# The representative's Instance Number, for the conditional updates below: another
+# receiving process may have set a better representative since this one looked.
+_CURRENT_NUMBER = (
+    select(InstanceRecord.instance_number)
+    .where(InstanceRecord.sop_instance_uid == SeriesRecord.attributes_sop_instance_uid)
+    .scalar_subquery()
+)
+_SET_REPRESENTATIVE = update(SeriesRecord).values(
+    attributes=bindparam("new_attributes"),
+    attributes_sop_instance_uid=bindparam("new_uid"),
+)
+_SERIES_KEPT = (SeriesRecord.id == bindparam("series_id")) & SeriesRecord.attributes.is_not(None)
+#: A numbered instance takes over from a higher or missing number (or re-sends itself).
+_CLAIM_NUMBERED = _SET_REPRESENTATIVE.where(
+    _SERIES_KEPT,
+    or_(
+        SeriesRecord.attributes_sop_instance_uid == bindparam("new_uid"),
+        _CURRENT_NUMBER.is_(None),
+        _CURRENT_NUMBER > bindparam("number"),
+    ),
+)
+#: An instance without a number only refreshes itself (a re-sent representative).
+_CLAIM_UNNUMBERED = _SET_REPRESENTATIVE.where(
+    _SERIES_KEPT, SeriesRecord.attributes_sop_instance_uid == bindparam("new_uid")
+)
+_FIND_REPRESENTATIVES = (
+    select(
+        SeriesRecord.series_instance_uid,
+        SeriesRecord.attributes.is_(None),
+        SeriesRecord.attributes_sop_instance_uid,
+        InstanceRecord.instance_number,
+    )
+    .outerjoin(
+        InstanceRecord,
+        InstanceRecord.sop_instance_uid == SeriesRecord.attributes_sop_instance_uid,
+    )
+    .where(SeriesRecord.series_instance_uid.in_(bindparam("uids", expanding=True)))
+)
 
 
 def find_instances(
@@ -74,8 +122,19 @@ def find_instances(
     return {uid: (sha, path) for uid, sha, path in rows}
 
 
+Rank = tuple[bool, int]
+
+
+def _rank(instance_number: int | None) -> Rank:
+    """Sort key of a representative: lowest InstanceNumber first, none last."""
+    return (instance_number is None, instance_number or 0)
+
+
 class IdCache:
     """Study and series ids the ingest writer has seen, to skip their look-ups.
+
+    It also keeps each series' representative (rank and SOP Instance UID), so that an
+    instance that cannot become the representative costs no decoding and no statement.
 
     Owned by one writer; :meth:`clear` it after any failed transaction (a rolled-back
     insert, a study deleted by retention) so no stale id is used twice.
@@ -86,11 +145,13 @@ class IdCache:
     def __init__(self) -> None:
         self.studies: dict[str, int] = {}
         self.series: dict[str, int] = {}
+        self.representatives: dict[str, tuple[Rank, str]] = {}
 
     def clear(self) -> None:
         """Forget everything."""
         self.studies.clear()
         self.series.clear()
+        self.representatives.clear()
 
     def trim(self) -> None:
         """Keep memory bounded on a long-running node."""
@@ -104,17 +165,26 @@ def _ids(
     insert_stmt: Any,
     wanted: dict[str, dict[str, Any]],
     known: dict[str, int],
-) -> dict[str, int]:
-    """Ids for the UIDs in ``wanted`` (uid -> row to insert), from cache, table or insert."""
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> tuple[dict[str, int], set[str]]:
+    """Ids for the UIDs in ``wanted`` (uid -> row to insert), from cache, table or insert.
+
+    ``prepare`` finishes a row that is inserted. Also returns the UIDs it inserted.
+    """
     ids = {uid: known[uid] for uid in wanted if uid in known}
     missing = [uid for uid in wanted if uid not in ids]
+    inserted: set[str] = set()
     if missing:
-        ids.update(conn.execute(find, {"uids": missing}).tuples().all())
+        ids.update((uid, i) for uid, i in conn.execute(find, {"uids": missing}))
         new = [wanted[uid] for uid in missing if uid not in ids]
+        if new and prepare is not None:
+            new = [prepare(row) for row in new]
         if new:
-            ids.update(conn.execute(insert_stmt, new).tuples().all())
+            rows = {uid: i for uid, i in conn.execute(insert_stmt, new)}
+            ids.update(rows)
+            inserted = set(rows)
     known.update(ids)
-    return ids
+    return ids, inserted
 
 
 def _study_rows(rows: list[dict[str, Any]], now: datetime) -> dict[str, dict[str, Any]]:
@@ -134,16 +204,86 @@ def _study_rows(rows: list[dict[str, Any]], now: datetime) -> dict[str, dict[str
 
 
 def _series_rows(
-    rows: list[dict[str, Any]], study_ids: dict[str, int]
+    rows: list[dict[str, Any]], study_ids: dict[str, int], best: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
+    """Series to insert, should they be new; attributes decoded only when inserted."""
     return {
         r["series_instance_uid"]: {
             "series_instance_uid": r["series_instance_uid"],
             "study_id": study_ids[r["study_instance_uid"]],
             **{field: r[field] for field in _SERIES_FIELDS},
+            "attributes": best[r["series_instance_uid"]].get("attributes"),
+            "attributes_sop_instance_uid": best[r["series_instance_uid"]]["sop_instance_uid"],
         }
         for r in reversed(rows)
     }
+
+
+def _decode_attributes(row: dict[str, Any]) -> dict[str, Any]:
+    return row | {"attributes": attributes_json(row.get("attributes"))}
+
+
+def _best_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per series UID, the row of this batch that sorts first (first received on a tie)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        uid = row["series_instance_uid"]
+        if uid not in best or _rank(row["instance_number"]) < _rank(best[uid]["instance_number"]):
+            best[uid] = row
+    return best
+
+
+def _load_representatives(conn: Connection, uids: list[str], cache: IdCache) -> None:
+    for uid, legacy, rep_uid, number in conn.execute(_FIND_REPRESENTATIVES, {"uids": uids}):
+        # A series from before revision 0004 is left to the backfill, and not cached:
+        # once backfilled, its next instances must compare with what it recorded.
+        if not legacy and rep_uid is not None:
+            cache.representatives[uid] = (_rank(number), rep_uid)
+
+
+def _claim_representative(conn: Connection, series_id: int, row: dict[str, Any]) -> bool:
+    """Make ``row``'s instance its series' representative if it sorts first (no commit)."""
+    number = row["instance_number"]
+    params = {
+        "series_id": series_id,
+        "new_uid": row["sop_instance_uid"],
+        "new_attributes": attributes_json(row.get("attributes")),
+        "number": number,
+    }
+    stmt = _CLAIM_UNNUMBERED if number is None else _CLAIM_NUMBERED
+    return bool(conn.execute(stmt, params).rowcount)
+
+
+def _update_representatives(
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    replaced: set[str],
+    series_ids: dict[str, int],
+    cache: IdCache,
+) -> None:
+    """Let the instances of series that existed before this batch claim representation."""
+    missing = [uid for uid in series_ids if uid not in cache.representatives]
+    if missing:
+        _load_representatives(conn, missing, cache)
+    best = _best_rows(rows)
+    # A re-sent representative refreshes its attributes even if it no longer sorts first.
+    candidates = list(best.values()) + [
+        r
+        for r in rows
+        if r["sop_instance_uid"] in replaced and r is not best[r["series_instance_uid"]]
+    ]
+    for row in candidates:
+        uid = row["series_instance_uid"]
+        current = cache.representatives.get(uid)
+        if current is None:
+            continue  # a series from before revision 0004: the backfill reads its files
+        rank, rep_uid = current
+        if row["sop_instance_uid"] != rep_uid and _rank(row["instance_number"]) >= rank:
+            continue
+        if _claim_representative(conn, series_ids[uid], row):
+            cache.representatives[uid] = (_rank(row["instance_number"]), row["sop_instance_uid"])
+        else:
+            cache.representatives.pop(uid, None)  # another process's is better: look again
 
 
 _SERIES_FIELDS = (
@@ -168,16 +308,21 @@ def record_instances(
     and series, in a few statements per batch (no commit).
 
     Each row holds the :class:`~dicomnode.receive.inspect.InstanceInfo` fields plus
-    ``size_bytes``, ``sha256``, ``path``, ``calling_ae`` and ``association_id``.
+    ``size_bytes``, ``sha256``, ``path``, ``calling_ae`` and ``association_id``; its
+    ``attributes`` (:class:`~dicomnode.index.attributes.RawAttributes` or JSON text)
+    are decoded only if the instance becomes its series' representative.
     Every study touched is marked receiving with ``now`` as its last instance time.
     """
     if not rows:
         return
     cache = cache if cache is not None else IdCache()
-    study_ids = _ids(conn, _FIND_STUDIES, _INSERT_STUDIES, _study_rows(rows, now), cache.studies)
+    study_ids, _ = _ids(conn, _FIND_STUDIES, _INSERT_STUDIES, _study_rows(rows, now), cache.studies)
     conn.execute(_TOUCH_STUDIES, {"ids": list(study_ids.values()), "now": now})
-    series_rows = _series_rows(rows, study_ids)
-    series_ids = _ids(conn, _FIND_SERIES, _INSERT_SERIES, series_rows, cache.series)
+    best = _best_rows(rows)
+    series_rows = _series_rows(rows, study_ids, best)
+    series_ids, inserted = _ids(
+        conn, _FIND_SERIES, _INSERT_SERIES, series_rows, cache.series, _decode_attributes
+    )
     values = [
         {field: r[field] for field in _INSTANCE_FIELDS}
         | {"series_id": series_ids[r["series_instance_uid"]], "received_at": now}
@@ -193,6 +338,18 @@ def record_instances(
                 .where(InstanceRecord.sop_instance_uid == value["sop_instance_uid"])
                 .values(**value)
             )
+    for uid in inserted:
+        first = best[uid]
+        cache.representatives[uid] = (_rank(first["instance_number"]), first["sop_instance_uid"])
+    existing = {uid: i for uid, i in series_ids.items() if uid not in inserted}
+    if existing:
+        _update_representatives(
+            conn,
+            [r for r in rows if r["series_instance_uid"] in existing],
+            replaced,
+            existing,
+            cache,
+        )
 
 
 def open_association(
@@ -384,6 +541,41 @@ def study_images(session: Session, study_id: int) -> list[StudyImage]:
         )
     ).all()
     return [StudyImage(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesAttributes:
+    """What the index holds for evaluating rules on one series."""
+
+    series_id: int
+    series_instance_uid: str
+    #: JSON object by DICOM keyword; None for a series not yet backfilled (0004).
+    attributes: str | None
+    #: The calling AE title that sent the representative instance.
+    calling_ae: str | None
+
+
+def series_rule_attributes(session: Session, study_id: int) -> list[SeriesAttributes]:
+    """The recorded rule attributes of every series of a study, by series id.
+
+    Reads only the index (two indexed look-ups per series): cheap enough to run inside
+    the transaction that marks the study stable.
+    """
+    rows = session.execute(
+        select(
+            SeriesRecord.id,
+            SeriesRecord.series_instance_uid,
+            SeriesRecord.attributes,
+            InstanceRecord.calling_ae,
+        )
+        .outerjoin(
+            InstanceRecord,
+            InstanceRecord.sop_instance_uid == SeriesRecord.attributes_sop_instance_uid,
+        )
+        .where(SeriesRecord.study_id == study_id)
+        .order_by(SeriesRecord.id)
+    )
+    return [SeriesAttributes(*row) for row in rows]
 
 
 def job_folder(data_dir: Path, job_id: int) -> Path:

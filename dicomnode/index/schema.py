@@ -191,6 +191,13 @@ class SeriesRecord(Base):
     series_description: Mapped[str | None] = mapped_column(String(64))
     body_part_examined: Mapped[str | None] = mapped_column(String(16))
     frame_of_reference_uid: Mapped[str | None] = mapped_column(UID)
+    #: The rule attributes of the series' representative instance (the lowest
+    #: InstanceNumber, then the first received), a JSON object by DICOM keyword
+    #: (:mod:`dicomnode.index.attributes`). Rules are evaluated on it, never on files.
+    #: NULL only for series indexed before revision 0004 until the start-up backfill.
+    attributes: Mapped[str | None] = mapped_column(Text)
+    #: The SOP Instance UID of that representative instance.
+    attributes_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
 
     study: Mapped[StudyRecord] = relationship(back_populates="series")
     instances: Mapped[list[InstanceRecord]] = relationship(back_populates="series")

@@ -67,6 +67,7 @@ from pynetdicom.transport import AssociationSocket
 
 from dicomnode.errors import ConfigError
 from dicomnode.receive import spool
+from dicomnode.receive.inspect import is_valid_uid
 
 __all__ = [
     "MAX_ASSOCIATE_RQ_BYTES",
@@ -169,6 +170,18 @@ PATCHES: tuple[Patch, ...] = (
         "tests/unit/test_inspect.py",
     ),
     Patch(
+        'pynetdicom._config.VALIDATORS["UI"]',
+        "validate_ui: a UID over 64 characters raises while decoding, association aborted",
+        "answer 0xC000 from our handler instead of aborting",
+        "tests/integration/test_receive_limits.py::test_invalid_affected_sop_instance_uid_gets_c000_at_once",
+    ),
+    Patch(
+        "Association._serve_request (per association)",
+        "a C-STORE-RQ missing a required element is dropped unanswered",
+        "the sender would wait for its DIMSE timeout; answer 0xC000 at once",
+        "tests/integration/test_receive_limits.py::test_empty_affected_sop_instance_uid_gets_a_failure_at_once",
+    ),
+    Patch(
         "pynetdicom._config.STORE_RECV_CHUNKED_DATASET",
         "False: a whole dataset in memory",
         "memory must not grow with instance size",
@@ -232,11 +245,22 @@ def install() -> None:
         DULServiceProvider.run_reactor = run_reactor_then_clean_up  # type: ignore[method-assign]
         AssociationSocket.ready = property(wait_ready)  # type: ignore[method-assign,assignment]
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        pynetdicom_config.VALIDATORS["UI"] = accept_any_uid
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         dimse_messages.NamedTemporaryFile = spool_factory  # type: ignore[attr-defined]
         dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined,assignment]
         dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined,assignment]
+
+
+def accept_any_uid(value: Any) -> tuple[bool, str]:
+    """pynetdicom's UI validator for serving processes: accept, so a handler can refuse.
+
+    pynetdicom's own validator raises while decoding a command whose UID is over 64
+    characters and aborts the association; the C-STORE handler checks every UID
+    (:func:`dicomnode.receive.inspect.is_valid_uid`) and answers 0xC000 instead.
+    """
+    return True, ""
 
 
 # -- PDUs we write ourselves ------------------------------------------------------
@@ -446,12 +470,65 @@ def tune_association(assoc: Any) -> None:
 
     dimse.get_msg = get_msg_waiting
     dimse.send_msg = _direct_sender(assoc, dimse.send_msg)
+    assoc._serve_request = _refusing_server(assoc, assoc._serve_request)
+
+
+def _refusing_server(assoc: Any, serve_request: Any) -> Any:
+    """Answer a C-STORE-RQ that pynetdicom would drop unanswered with 0xC000.
+
+    pynetdicom ignores a request that lacks a required element (an empty Affected
+    SOP Instance UID decodes as None) without a response: the sender waits for its
+    DIMSE timeout. A C-STORE-RQ with a Message ID gets CANNOT_UNDERSTAND at once.
+    """
+
+    def serve_or_refuse(msg: Any, context_id: int) -> None:
+        if isinstance(msg, C_STORE) and not msg.is_valid_request and msg.MessageID is not None:
+            _discard_dataset(assoc, msg)
+            missing = [
+                keyword
+                for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID")
+                if getattr(msg, keyword, None) is None
+            ]
+            response: Any = C_STORE()
+            response.MessageIDBeingRespondedTo = msg.MessageID
+            response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            response.Status = 0xC000  # Status.CANNOT_UNDERSTAND (PS3.4 B.2.3)
+            response.ErrorComment = f"C-STORE-RQ without {', '.join(missing) or 'a data set'}"
+            logger.warning(
+                "C-STORE refused",
+                extra={
+                    "action": "store_refused",
+                    "status": "0xC000",
+                    "reason": response.ErrorComment,
+                    "peer": _peer_of(assoc),
+                },
+            )
+            assoc.dimse.send_msg(response, context_id)
+            return
+        serve_request(msg, context_id)
+
+    return serve_or_refuse
+
+
+def _discard_dataset(assoc: Any, msg: Any) -> None:
+    """Remove the spool file of a request that will not be stored."""
+    path = getattr(msg, "_dataset_path", None)
+    if path is not None:
+        taken = spool.take_spool(assoc.ae, path)
+        if taken is not None:
+            taken.discard()
 
 
 def _direct_sender(assoc: Any, send_msg: Any) -> Any:
     dimse = assoc.dimse
 
     def send_msg_direct(primitive: Any, context_id: int) -> None:
+        if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None:
+            uid = primitive.AffectedSOPInstanceUID
+            if uid is not None and not is_valid_uid(str(uid)):
+                # Optional in a response (PS3.7 9.3.1.2): leave out what the peer's
+                # decoder may refuse (pynetdicom raises on a UID over 64 characters).
+                primitive.AffectedSOPInstanceUID = None
         if _plain_store_response(primitive) and not assoc.get_handlers(evt.EVT_DIMSE_SENT):
             try:
                 encoded = store_response_bytes(

@@ -36,7 +36,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from dicomnode.errors import DatasetMismatchError, InvalidDatasetError, StorageError
 from dicomnode.index.queries import IdCache, find_instances, record_instances
 from dicomnode.index.schema import utc_now
-from dicomnode.receive.inspect import InstanceInfo, inspect_instance, is_valid_uid
+from dicomnode.receive.inspect import (
+    MAX_ELEMENTS,
+    MAX_INFLATED_BYTES,
+    InstanceInfo,
+    inspect_instance,
+    is_valid_uid,
+)
 from dicomnode.receive.spool import SpoolFile
 
 __all__ = ["Ingest", "Outcome", "instance_relpath"]
@@ -47,6 +53,9 @@ _MAX_BATCH = 128
 _INFO_FIELDS = tuple(f.name for f in fields(InstanceInfo))
 #: How long a handler waits for its index commit before answering 0xA700.
 COMMIT_TIMEOUT_S = 45.0
+#: The default of ``node.max_instance_bytes``: a native Pixel Data element holds at
+#: most 4 GiB (its 32-bit length), so no uncompressed instance needs more.
+MAX_INSTANCE_BYTES = 4 * 2**30
 
 
 class Outcome(enum.StrEnum):
@@ -147,10 +156,27 @@ class Ingest:
         The index database. The writer thread keeps one connection open (a checkout
         per batch cost more than the batch's statements) and opens a new one after a
         database error.
+    max_instance_bytes
+        The largest stored file (File Meta and dataset) accepted; a larger one is
+        refused with 0xA700 (``node.max_instance_bytes``).
+    max_inflated_bytes, max_elements
+        Limits on what a dataset may make the check do (``node.max_inflated_bytes``,
+        ``node.max_elements``); over either is refused with 0xC000.
     """
 
-    def __init__(self, data_dir: Path, engine: Engine) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        engine: Engine,
+        *,
+        max_instance_bytes: int = MAX_INSTANCE_BYTES,
+        max_inflated_bytes: int = MAX_INFLATED_BYTES,
+        max_elements: int = MAX_ELEMENTS,
+    ) -> None:
         self.data_dir = data_dir
+        self.max_instance_bytes = max_instance_bytes
+        self.max_inflated_bytes = max_inflated_bytes
+        self.max_elements = max_elements
         # One spool folder per receiving process: a process cleaning its leftovers at
         # start must not delete what another one is receiving.
         self.spool_root = data_dir / "spool"
@@ -206,8 +232,17 @@ class Ingest:
                 raise StorageError(f"cannot write the instance: {spool.error.strerror}")
             if not is_valid_uid(command_sop_instance_uid):
                 raise InvalidDatasetError("Affected SOP Instance UID is not a valid UID")
+            if spool.too_large or spool.size > self.max_instance_bytes:
+                # PS3.4 B.2.3 "Refused: Out of Resources": the data may be fine, but
+                # this node does not keep instances this large (an operator can raise
+                # the limit, and then a resend succeeds).
+                raise StorageError(
+                    "instance larger than node.max_instance_bytes", command_sop_instance_uid
+                )
             spool.start_writeback()  # the disk works while we check the dataset
-            info = inspect_instance(Path(spool.name), self.spool_dir)
+            info = inspect_instance(
+                Path(spool.name), self.spool_dir, self.max_inflated_bytes, self.max_elements
+            )
             if info.sop_instance_uid != command_sop_instance_uid:
                 raise DatasetMismatchError(
                     "SOP Instance UID differs from the C-STORE command", info.sop_instance_uid

@@ -29,13 +29,14 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from dicomnode.errors import InvalidDatasetError
-from dicomnode.index.attributes import image_plane
+from dicomnode.index.attributes import MAX_RECORDED_BYTES, RawAttributes, image_plane
 
 __all__ = ["InstanceInfo", "inspect_instance", "is_valid_uid"]
 
 #: PS3.5 9.1: digits and dots, at most 64 characters. We accept leading zeros in a
 #: component (seen in the wild) but never empty components, so ".." cannot occur.
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Always applied with ``fullmatch``: ``$`` would also match before a final newline.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _LONG_VRS = {
     b"OB",
     b"OD",
@@ -55,8 +56,20 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _MAX_DEPTH = 32
-#: A deflated dataset may inflate to at most this much (a bomb stops here).
-MAX_INFLATED_BYTES = 4 * 2**30
+#: A deflated dataset may inflate to at most this much (a bomb stops here); the
+#: default of ``node.max_inflated_bytes``.
+MAX_INFLATED_BYTES = 256 * 2**20
+#: The most data elements, items and fragments a dataset may hold, nested ones
+#: included; the default of ``node.max_elements``. An enhanced multi-frame instance
+#: of a few thousand frames holds a few hundred thousand.
+MAX_ELEMENTS = 1_000_000
+#: Inflate in steps of this much output, so memory stays flat whatever the ratio.
+_INFLATE_STEP = 1 << 20
+_TOO_BIG_INFLATED = "deflated data set inflates past node.max_inflated_bytes"
+#: PS3.5 6.2 IS: an optional sign and digits, in -2^31 .. 2^31-1 (also the range of
+#: the index's integer columns). Python's int() would also take "1_0" and " 7".
+_IS = re.compile(r"[+-]?[0-9]{1,12}")
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
 
 _KEYWORDS = (
     "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate",
@@ -72,7 +85,7 @@ _TEXT_VRS = {"LO", "SH", "ST", "LT", "PN", "UC", "UT"}
 
 def is_valid_uid(value: object) -> bool:
     """True for a syntactically safe UID: digits and dots, 1-64 characters."""
-    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +112,25 @@ class InstanceInfo:
     rows: int | None
     columns: int | None
     number_of_frames: int
+    #: The raw rule attributes, decoded only for a series' representative.
+    attributes: RawAttributes
 
 
 class _Walker:
     """Walks the element headers of one encoded dataset held in a buffer."""
 
-    def __init__(self, buf: mmap.mmap | bytes, pos: int, explicit: bool, little: bool) -> None:
+    def __init__(
+        self,
+        buf: mmap.mmap | bytes,
+        pos: int,
+        explicit: bool,
+        little: bool,
+        max_elements: int = MAX_ELEMENTS,
+    ) -> None:
         self.buf, self.pos, self.size = buf, pos, len(buf)
+        self.max_elements = max_elements
+        #: Elements, items and fragments still allowed before the walk gives up.
+        self.left = max_elements
         self.explicit, self.little = explicit, little
         self.u16 = struct.Struct("<H" if little else ">H")
         self.u32 = struct.Struct("<I" if little else ">I")
@@ -114,9 +139,23 @@ class _Walker:
         self.values: dict[int, bytes] = {}
         #: Pixel Data length; None when encapsulated; absent when no Pixel Data.
         self.pixel_length: int | None = -1
+        #: (tag, wire VR, raw value) of the small top-level public elements: the
+        #: candidates for the index's rule attributes.
+        self.recorded: list[tuple[int, bytes, bytes]] = []
 
     def _fail(self, what: str) -> InvalidDatasetError:
         return InvalidDatasetError(f"{what} at byte {self.pos}")
+
+    def _too_many(self) -> InvalidDatasetError:
+        # An empty-element bomb (millions of 8-byte elements) costs about 1 us of CPU
+        # per element here and more in every later reader: stop at the limit.
+        return InvalidDatasetError(f"more than {self.max_elements} data elements")
+
+    def _count(self) -> None:
+        """Count one item, fragment or delimiter against the element limit."""
+        self.left -= 1
+        if self.left < 0:
+            raise self._too_many()
 
     def _header(self) -> tuple[int, bytes, int] | None:
         pos, buf = self.pos, self.buf
@@ -161,8 +200,12 @@ class _Walker:
         buf, size, explicit, top = self.buf, self.size, self.explicit, depth == 0
         unpack_tag, unpack_u16 = self.tag.unpack_from, self.u16.unpack_from
         unpack_u32 = self.u32.unpack_from
-        pos = self.pos
+        pos, left = self.pos, self.left
         while pos < limit:
+            left -= 1
+            if left < 0:
+                self.pos = pos
+                raise self._too_many()
             if pos + 8 > size:
                 self.pos = pos
                 raise self._fail("truncated element header")
@@ -190,7 +233,7 @@ class _Walker:
                 length = unpack_u16(buf, pos + 6)[0]
                 pos += 8
             if tag == _ITEM_END or tag == _SEQ_END:
-                self.pos = pos
+                self.pos, self.left = pos, left
                 return tag
             if length != _UNDEFINED:
                 if top:
@@ -198,6 +241,8 @@ class _Walker:
                         self.values[tag] = bytes(buf[pos : pos + length])
                     elif tag in _PIXEL_TAGS:
                         self.pixel_length = length
+                    if length <= MAX_RECORDED_BYTES and not group & 1:
+                        self.recorded.append((tag, vr, bytes(buf[pos : pos + length])))
                 end = pos + length
                 if end > size:
                     self.pos = pos
@@ -205,11 +250,12 @@ class _Walker:
                 if vr == b"SQ" or (not vr and _is_sequence(tag)):
                     # Walk defined-length sequences too: depth matters to every
                     # later reader (pydicom recurses once per level).
-                    self.pos = pos
+                    self.pos, self.left = pos, left
                     self._walk_items(depth, end)
+                    left = self.left
                 pos = end
                 continue
-            self.pos = pos
+            self.pos, self.left = pos, left
             if tag in _PIXEL_TAGS:
                 if top:
                     self.pixel_length = None
@@ -223,8 +269,8 @@ class _Walker:
                     self.explicit = True
             else:
                 self._walk_items(depth)
-            pos = self.pos
-        self.pos = pos
+            pos, left = self.pos, self.left
+        self.pos, self.left = pos, left
         if pos > limit:
             raise self._fail("an element runs past the end of its item")
         return None
@@ -235,6 +281,7 @@ class _Walker:
             header = self._header()
             if header is None:
                 raise self._fail("sequence not terminated")
+            self._count()
             tag, _, length = header
             if tag == _SEQ_END:
                 return
@@ -255,6 +302,7 @@ class _Walker:
             header = self._header()
             if header is None:
                 raise self._fail("encapsulated Pixel Data not terminated")
+            self._count()
             tag, _, length = header
             if tag == _SEQ_END:
                 return
@@ -302,27 +350,37 @@ def _mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
 
 
 def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path, limit: int) -> Path:
-    """Inflate a deflated dataset into a bare explicit VR LE dataset, with a size cap."""
+    """Inflate a deflated dataset into a bare explicit VR LE dataset, with a size cap.
+
+    zlib gives at most ``_INFLATE_STEP`` bytes per call (``max_length``) and keeps
+    the input it has not used in ``unconsumed_tail``, so memory stays at a few MiB
+    whatever the ratio, and a bomb stops as soon as ``limit`` bytes have come out.
+    """
     fd, name = tempfile.mkstemp(suffix=".inflated", dir=folder)
     out = Path(name)
     try:
         with os.fdopen(fd, "wb") as dst:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             total = 0
-            for offset in range(start, len(buf), 1 << 20):
-                data = inflater.decompress(buf[offset : offset + (1 << 20)], 1 << 24)
-                while True:
+            for offset in range(start, len(buf), _INFLATE_STEP):
+                pending = buf[offset : offset + _INFLATE_STEP]
+                while pending and not inflater.eof:
+                    data = inflater.decompress(pending, _INFLATE_STEP)
+                    pending = inflater.unconsumed_tail
                     total += len(data)
                     if total > limit:
-                        raise InvalidDatasetError("deflated dataset inflates past the size limit")
+                        raise InvalidDatasetError(_TOO_BIG_INFLATED)
                     dst.write(data)
-                    if not inflater.unconsumed_tail:
-                        break
-                    data = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
-            dst.write(inflater.flush())
+            # Output zlib still holds once all input is in: drained in steps too.
+            while not inflater.eof and (data := inflater.decompress(b"", _INFLATE_STEP)):
+                total += len(data)
+                if total > limit:
+                    raise InvalidDatasetError(_TOO_BIG_INFLATED)
+                dst.write(data)
     except zlib.error as exc:
         out.unlink(missing_ok=True)
-        raise InvalidDatasetError(f"deflated data is corrupt: {exc}") from exc
+        # zlib's own text says nothing useful to a sender; keep the comment ours.
+        raise InvalidDatasetError("deflated data is corrupt") from exc
     except BaseException:
         out.unlink(missing_ok=True)
         raise
@@ -330,7 +388,10 @@ def _inflate(buf: mmap.mmap | bytes, start: int, folder: Path, limit: int) -> Pa
 
 
 def inspect_instance(
-    path: Path, scratch: Path, max_inflated: int = MAX_INFLATED_BYTES
+    path: Path,
+    scratch: Path,
+    max_inflated: int = MAX_INFLATED_BYTES,
+    max_elements: int = MAX_ELEMENTS,
 ) -> InstanceInfo:
     """Validate a received Part 10 file and read its index attributes.
 
@@ -342,11 +403,15 @@ def inspect_instance(
         A folder for inflating deflated datasets (same filesystem as ``path``).
     max_inflated
         The most bytes a deflated dataset may inflate to.
+    max_elements
+        The most data elements (items and fragments included) the dataset may hold,
+        nested ones included.
 
     Raises
     ------
     InvalidDatasetError
-        Unparseable, truncated, nested too deep, or a required UID is invalid.
+        Unparseable, truncated, nested too deep, over a limit, a required UID is
+        invalid or Number of Frames is not a positive integer.
     """
     with _mapped(path) as buf:
         start, syntax = _dataset_offset(buf)
@@ -354,30 +419,34 @@ def inspect_instance(
             inflated = _inflate(buf, start, scratch, max_inflated)
             try:
                 with _mapped(inflated) as plain:
-                    walker = _walk(plain, 0, UID(ExplicitVRLittleEndian))
+                    walker = _walk(plain, 0, UID(ExplicitVRLittleEndian), max_elements)
             finally:
                 inflated.unlink(missing_ok=True)
         else:
-            walker = _walk(buf, start, UID(syntax))
-    values = _decode(walker)
+            walker = _walk(buf, start, UID(syntax), max_elements)
+    values, encodings = _decode(walker)
     if walker.pixel_length is not None and walker.pixel_length >= 0:
         expected = _expected_pixel_bytes(values)
         if expected is not None and walker.pixel_length < expected:
             raise InvalidDatasetError(
                 f"Pixel Data has {walker.pixel_length} bytes, Rows x Columns x ... needs {expected}"
             )
-    return _info(values, syntax)
+    attributes = RawAttributes(tuple(walker.recorded), walker.little, tuple(encodings))
+    return _info(values, syntax, attributes)
 
 
-def _walk(buf: mmap.mmap | bytes, start: int, syntax: UID) -> _Walker:
-    walker = _Walker(buf, start, not syntax.is_implicit_VR, syntax.is_little_endian)
+def _walk(buf: mmap.mmap | bytes, start: int, syntax: UID, max_elements: int) -> _Walker:
+    walker = _Walker(buf, start, not syntax.is_implicit_VR, syntax.is_little_endian, max_elements)
     if walker.walk(len(buf)) is not None:
         raise InvalidDatasetError("stray delimiter at the top level of the dataset")
     return walker
 
 
-def _decode(walker: _Walker) -> dict[str, object]:
-    """Turn the raw top-level values into Python values (text, ints, floats)."""
+def _decode(walker: _Walker) -> tuple[dict[str, object], list[str]]:
+    """Turn the raw top-level values into Python values (text, ints, floats).
+
+    Also returns the Python codecs of the dataset's Specific Character Set.
+    """
     out: dict[str, object] = {}
     charset = walker.values.get(0x00080005, b"")  # Specific Character Set
     encodings = convert_encodings(
@@ -395,7 +464,7 @@ def _decode(walker: _Walker) -> dict[str, object]:
             text = raw.decode("ascii", "replace")
         values = [v.strip(" \0") for v in text.split("\\")]
         out[keyword] = values if len(values) > 1 else values[0]
-    return out
+    return out, encodings
 
 
 def _text(values: dict[str, object], keyword: str, limit: int) -> str | None:
@@ -408,11 +477,28 @@ def _text(values: dict[str, object], keyword: str, limit: int) -> str | None:
 
 
 def _int(values: dict[str, object], keyword: str) -> int | None:
+    """A single integer value (US, or IS within its range); None otherwise."""
     value = values.get(keyword)
-    try:
-        return None if value is None or value == "" else int(str(value))
-    except ValueError:
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str) or _IS.fullmatch(value) is None:
         return None
+    number = int(value)
+    return number if _IS_MIN <= number <= _IS_MAX else None
+
+
+def _number_of_frames(values: dict[str, object]) -> int:
+    """Number of Frames: 1 when absent or empty, else a positive integer.
+
+    PS3.3 C.7.6.6: it counts the frames in Pixel Data, so a -5 or a "1A" cannot
+    describe the data (and a negative count would reach the index as it is).
+    """
+    if values.get("NumberOfFrames") in (None, ""):
+        return 1
+    frames = _int(values, "NumberOfFrames")
+    if frames is None or frames < 1:
+        raise InvalidDatasetError("NumberOfFrames is not a positive integer")
+    return frames
 
 
 def _expected_pixel_bytes(values: dict[str, object]) -> int | None:
@@ -421,7 +507,7 @@ def _expected_pixel_bytes(values: dict[str, object]) -> int | None:
     if not rows or not cols or not bits:
         return None
     samples = _int(values, "SamplesPerPixel") or 1
-    frames = _int(values, "NumberOfFrames") or 1
+    frames = _number_of_frames(values)
     total = (rows * cols * samples * frames * bits + 7) // 8
     if values.get("PhotometricInterpretation") == "YBR_FULL_422":
         # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels, so 2/3 of full size.
@@ -429,7 +515,7 @@ def _expected_pixel_bytes(values: dict[str, object]) -> int | None:
     return total
 
 
-def _info(values: dict[str, object], syntax: str) -> InstanceInfo:
+def _info(values: dict[str, object], syntax: str, attributes: RawAttributes) -> InstanceInfo:
     uids = {}
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = values.get(keyword)
@@ -457,5 +543,6 @@ def _info(values: dict[str, object], syntax: str) -> InstanceInfo:
         image_plane=image_plane(values.get("ImageOrientationPatient")),
         rows=_int(values, "Rows"),
         columns=_int(values, "Columns"),
-        number_of_frames=_int(values, "NumberOfFrames") or 1,
+        number_of_frames=_number_of_frames(values),
+        attributes=attributes,
     )

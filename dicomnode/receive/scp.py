@@ -367,7 +367,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
     """Start serving in background threads; returns pynetdicom's server object."""
     ae = build_ae(settings)
     _patches.install()
-    install_spool(ae, ingest.spool_dir)
+    install_spool(ae, ingest.spool_dir, ingest.max_instance_bytes)
     event_handlers: list[Any] = [
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),

@@ -71,7 +71,7 @@ def _deletable(session: Session) -> Iterator[tuple[int, str]]:
         .where(StudyRecord.state == StudyState.STABLE, ~busy_job, ~busy_delivery, ~busy_output)
         .order_by(StudyRecord.last_received_at)
     )
-    yield from session.execute(query).tuples()
+    yield from ((study_id, uid) for study_id, uid in session.execute(query))
 
 
 def _delete_study(
@@ -124,7 +124,7 @@ def apply_retention(settings: Settings, session_factory: sessionmaker[Session]) 
             select(StudyRecord.id, StudyRecord.last_received_at).where(
                 StudyRecord.id.in_([c[0] for c in candidates])
             )
-        ).tuples()
+        )
         ages = {study_id: received for study_id, received in rows}
     deleted = []
     for study_id, uid in candidates:

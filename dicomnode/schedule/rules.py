@@ -16,30 +16,35 @@
 * A missing or empty attribute matches nothing, except the rule ``""``, which matches
   only a missing or empty attribute.
 
+Rules are evaluated on the attributes the index recorded for each series at ingest
+(:mod:`dicomnode.index.attributes`: the top-level attributes of the series'
+representative instance), never on files. A key the index does not record (patient
+identifiers, person names, sequences, binary data) is refused when the rule is
+compiled, since it could never match.
+
 Nothing here evaluates user text as code.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pydicom import Dataset
 from pydicom.datadict import keyword_dict
-from pydicom.multival import MultiValue
 
-from dicomnode.index.attributes import image_plane
+from dicomnode.index.attributes import image_plane, unrecorded_reason
 
 __all__ = [
     "DERIVED_KEYS",
     "KeyCheck",
     "Match",
     "MatchResult",
-    "attributes_from_dataset",
     "compile_match",
+    "rule_attributes",
 ]
 
 #: Match keys that are not DICOM keywords but derived by the node.
@@ -165,6 +170,12 @@ def compile_match(match: Mapping[str, object]) -> Match:
     for key, value in match.items():
         if key not in keyword_dict and key not in DERIVED_KEYS:
             raise ValueError(f"match key {key!r} is not a DICOM keyword or a derived key")
+        reason = None if key in DERIVED_KEYS else unrecorded_reason(key)
+        if reason is not None:
+            raise ValueError(
+                f"match key {key!r} is {reason}, which the index does not record, "
+                "so the rule could never match"
+            )
         items = value if isinstance(value, list | tuple) else [value]
         if not items:
             raise ValueError(f"match {key}: an empty list matches nothing")
@@ -175,42 +186,18 @@ def compile_match(match: Mapping[str, object]) -> Match:
     return Match(tuple(keys))
 
 
-class _DatasetAttributes(Mapping[str, object]):
-    """Rule attributes read lazily from a dataset header."""
+def rule_attributes(recorded: str | None, calling_ae: str | None = None) -> dict[str, object]:
+    """The attributes a rule is evaluated on: the recorded ones plus the derived keys.
 
-    def __init__(self, ds: Dataset, calling_ae: str | None) -> None:
-        self._ds = ds
-        self._derived: dict[str, Callable[[], object]] = {
-            "CallingAETitle": lambda: calling_ae,
-            "ImagePlane": lambda: image_plane(_plain(ds.get("ImageOrientationPatient"))),
-        }
-
-    def __getitem__(self, key: str) -> object:
-        if key in self._derived:
-            return self._derived[key]()
-        if key not in keyword_dict or key not in self._ds:
-            raise KeyError(key)
-        return _plain(self._ds[key].value)
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._derived
-        yield from (e.keyword for e in self._ds if e.keyword)
-
-    def __len__(self) -> int:
-        return len(self._derived) + len(self._ds)
-
-
-def _plain(value: object) -> object:
-    """pydicom values as plain Python: MultiValue -> tuple, PersonName -> str."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple | MultiValue):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, int | float | str | bytes):
-        return value
-    return str(value)
-
-
-def attributes_from_dataset(ds: Dataset, calling_ae: str | None = None) -> Mapping[str, object]:
-    """The rule attributes of a dataset header, plus the derived keys, read on demand."""
-    return _DatasetAttributes(ds, calling_ae)
+    Parameters
+    ----------
+    recorded
+        A series' rule attributes as the index stores them (JSON text, see
+        :mod:`dicomnode.index.attributes`); None: nothing recorded.
+    calling_ae
+        The AE title that sent the series (``CallingAETitle``).
+    """
+    attributes: dict[str, object] = json.loads(recorded) if recorded else {}
+    attributes["CallingAETitle"] = calling_ae
+    attributes["ImagePlane"] = image_plane(attributes.get("ImageOrientationPatient"))
+    return attributes

@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +24,7 @@ from dicomnode.errors import VolumeError
 from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, heartbeat, release_job
 from dicomnode.index.queries import study_images
 from dicomnode.index.schema import JobState, utc_now
+from dicomnode.log import describe_error
 from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
@@ -33,7 +33,7 @@ from dicomnode.worker.results import save_masks
 from dicomnode.worker.views import Candidate, find_candidates, group_views
 from dicomnode.worker.volumes import load_volume
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "job_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class Worker:
         self.stop = threading.Event()
         self.jobs_run = 0
         self.device = "cpu"
+        #: The stage the running job is in, named in its error text if it fails.
+        self.stage = "start"
 
     def run(self, max_jobs: int | None = None) -> None:
         """Claim and run jobs until stopped (or ``max_jobs`` have run)."""
@@ -98,6 +100,7 @@ class Worker:
         logger.info(
             "job started", extra={"action": "job_started", "attempt": job.attempts, **extra}
         )
+        self.stage = "start"
         try:
             result = self._pipeline(job, timings)
         except NotApplicable as exc:
@@ -116,7 +119,7 @@ class Worker:
             )
             return
         except Exception as exc:
-            error = "".join(traceback.format_exception_only(exc)).strip()
+            error = job_error(exc, self.stage)
             with self.session_factory() as session:
                 state = fail_job(
                     session,
@@ -141,9 +144,11 @@ class Worker:
     def _pipeline(self, job: ClaimedJob, timings: dict[str, float]) -> dict[str, object]:
         """Load the study's views, run the model, keep its masks; return the job result."""
         pipeline = self._pipeline_settings(job)
+        self.stage = "model_load"
         started = time.perf_counter()
         model = self._model(job.model)
         timings["model_load"] = round(time.perf_counter() - started, 3)
+        self.stage = "load"
         started = time.perf_counter()
         with self.session_factory() as session:
             images = study_images(session, job.study_id)
@@ -155,9 +160,11 @@ class Worker:
             options=dict(pipeline.options) if pipeline is not None else {},
         )
         timings["load"] = round(time.perf_counter() - started, 3)
+        self.stage = "model"
         started = time.perf_counter()
         result = model.predict(study)
         timings["model"] = round(time.perf_counter() - started, 3)
+        self.stage = "outputs"
         views = {
             name: {
                 "series_instance_uid": c.series_instance_uid,
@@ -187,7 +194,8 @@ class Worker:
         try:
             volume = load_volume(paths)
         except VolumeError as exc:
-            raise NotApplicable(f"view {name!r}: {exc}") from exc
+            # Our words only: the error may quote a pydicom message (element values).
+            raise NotApplicable(f"view {name!r}: {describe_error(exc)}") from exc
         return View(
             name=name,
             volume=volume,
@@ -231,3 +239,17 @@ class Worker:
                         os._exit(0)
                 if not heartbeat(session, job.id, self.owner, lease):
                     logger.warning("lease lost", extra={"action": "lease_lost", "job_id": job.id})
+
+
+def job_error(exc: Exception, stage: str) -> str:
+    """The error text a failed job records and logs, in our words.
+
+    The stage, the exception's type and where it was raised, our own error's message
+    and the series it names (:func:`~dicomnode.log.describe_error`); never a library's
+    message, which can quote element values such as a patient's name (PITFALLS.md).
+    """
+    text = f"{stage}: {describe_error(exc)}"
+    series = getattr(exc, "series_instance_uid", None)
+    if series and str(series) not in text:
+        text += f" (series {series})"
+    return text

@@ -115,14 +115,18 @@ def test_header_claiming_4_gib_is_aborted_before_anything_is_allocated(
     node: NodeProcess,
 ) -> None:
     before = _rss_kib(node)
-    socks = [connect(node.port) for _ in range(20)]
-    for sock in socks:
-        sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF))
-    for sock in socks:
-        took, received = wait_closed(sock, 5)
-        assert _is_abort(received), received
-        assert took < 2
-        sock.close()
+    # One source address each: the per-host cap is not what this test is about.
+    socks = [connect(node.port, source=f"127.0.2.{number + 1}") for number in range(20)]
+    try:
+        for sock in socks:
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF))
+        for sock in socks:
+            took, received = wait_closed(sock, 5)
+            assert _is_abort(received), received
+            assert took < 2
+    finally:
+        for sock in socks:
+            sock.close()
     # 20 claims of 4 GiB each: the receivers grew by far less than one MiB each.
     assert _rss_kib(node) - before < 20 * 1024
 
@@ -230,7 +234,8 @@ def _spool_files(node: NodeProcess) -> list[Path]:
 
 def _cut_stores(node: NodeProcess, count: int) -> None:
     for number in range(count):
-        with associate(node.port) as sock:
+        # One source address each: the per-host cap is not what this is about.
+        with associate(node.port, source=f"127.0.3.{number % 250 + 1}") as sock:
             sock.sendall(p_data(3, 0x03, store_command(f"1.2.3.{number}")))
             # A dataset fragment that is not the last: the spool file is open now.
             sock.sendall(p_data(3, 0x00, b"\x08\x00\x16\x00" + b"\0" * 4000))

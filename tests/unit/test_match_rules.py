@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from dicomnode.schedule.rules import attributes_from_dataset, compile_match
+from dicomnode.receive.inspect import inspect_instance
+from dicomnode.schedule.rules import compile_match, rule_attributes
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,11 @@ def test_rule_table(rule: dict[str, object], attributes: dict[str, object], matc
         ({"Rows": True}, "is not a string, number or list"),
         ({"Rows": {"a": 1}}, "is not a string, number or list"),
         ({"Modality": []}, "an empty list matches nothing"),
+        ({"PatientName": "re:DOE"}, "'PatientName' is patient data"),
+        ({"PatientID": "123"}, "'PatientID' is patient data"),
+        ({"ReferringPhysicianName": "X"}, "is a person name"),
+        ({"ReferencedImageSequence": "X"}, "is a sequence"),
+        ({"PixelData": "X"}, "is binary data"),
     ],
 )
 def test_bad_rules_are_refused_naming_the_key(rule: dict[str, object], message: str) -> None:
@@ -73,9 +78,14 @@ def bundled(name: str) -> Path:
     return Path(path)
 
 
-def test_rules_read_any_keyword_and_derived_keys_from_a_real_header() -> None:
-    ds = dcmread(bundled("CT_small.dcm"), stop_before_pixels=True)
-    attrs = attributes_from_dataset(ds, calling_ae="CT_SCANNER")
+def recorded(name: str, scratch: Path, calling_ae: str | None = None) -> dict[str, object]:
+    """The rule attributes ingest would record for a bundled file."""
+    info = inspect_instance(bundled(name), scratch)
+    return rule_attributes(info.attributes.to_json(), calling_ae)
+
+
+def test_rules_read_any_keyword_and_derived_keys_from_a_real_header(tmp_path: Path) -> None:
+    attrs = recorded("CT_small.dcm", tmp_path, calling_ae="CT_SCANNER")
     rule = compile_match(
         {
             "Modality": "CT",
@@ -88,7 +98,7 @@ def test_rules_read_any_keyword_and_derived_keys_from_a_real_header() -> None:
     )
     result = rule.evaluate(attrs)
     assert result.matched, result.explain()
-    mr = attributes_from_dataset(dcmread(bundled("MR_small.dcm"), stop_before_pixels=True))
+    mr = recorded("MR_small.dcm", tmp_path)
     assert not rule.evaluate(mr).matched
 
 
