@@ -62,7 +62,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import dimse_messages, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.fsm import StateMachine
+from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from dicomnode.errors import ConfigError
@@ -122,6 +123,7 @@ _WAKE_ATTR = "dicomnode_wake"
 _PAIR_ATTR = "dicomnode_wake_pair"
 _SPOOLS_ATTR = "dicomnode_spools"
 _original_run_reactor = DULServiceProvider.run_reactor
+_original_do_action = StateMachine.do_action
 _original_factory = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
 _install_lock = threading.Lock()
 # A-ASSOCIATE-RQ PDUs the server read before pynetdicom took the connection.
@@ -144,6 +146,13 @@ PATCHES: tuple[Patch, ...] = (
         "read header, allocate the claimed length, block until it arrives",
         "never allocate what a peer claims; abort a PDU that stalls",
         "tests/integration/test_hostile_peers.py",
+    ),
+    Patch(
+        "pynetdicom.fsm.StateMachine.do_action",
+        "an exception in a state-machine action kills the DUL thread and the "
+        "association waits for its ACSE timeout (30 s) holding its slot",
+        "A-ABORT the peer and end the association at once",
+        "tests/fuzz/test_corpus.py",
     ),
     Patch(
         "pynetdicom.transport.AssociationSocket.ready",
@@ -243,6 +252,7 @@ def install() -> None:
     with _install_lock:
         DULServiceProvider._read_pdu_data = read_pdu_bounded  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = run_reactor_then_clean_up  # type: ignore[method-assign]
+        StateMachine.do_action = do_action_or_abort  # type: ignore[method-assign]
         AssociationSocket.ready = property(wait_ready)  # type: ignore[method-assign,assignment]
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         pynetdicom_config.VALIDATORS["UI"] = accept_any_uid
@@ -393,6 +403,51 @@ def _abort(dul: Any, reason: int, what: str, **details: Any) -> None:
     except OSError:
         pass
     assoc_socket.close()  # queues Evt17: pynetdicom ends the association as aborted
+
+
+def do_action_or_abort(self: Any, event: str) -> None:
+    """Run a state-machine action; if the peer's PDU makes it raise, abort at once.
+
+    pynetdicom lets the exception end the DUL thread: an A-ASSOCIATE-RQ with an even
+    presentation context ID (it raises building the primitive), an A-ABORT with an
+    undefined source, a release request arriving with the association request, a
+    command set with a bad group length. The peer then gets no answer and the
+    association holds its slot until the ACSE timeout; 160 such requests of 219
+    bytes locked every peer out. Here the peer gets an A-ABORT, an established
+    association's thread an A-P-ABORT indication (so it ends as aborted, recorded as
+    such), a waiting acceptor thread its end, and the connection is closed.
+    """
+    state = self.current_state
+    try:
+        _original_do_action(self, event)  # kills the DUL thread before it re-raises
+    except Exception as exc:
+        dul = self.dul
+        logger.warning(
+            "association aborted: the peer's PDU broke the protocol",
+            extra={
+                "action": "pdu_refused",
+                "reason": type(exc).__name__,
+                "fsm_event": event,
+                "fsm_state": state,
+                "peer": _peer_of(dul.assoc),
+            },
+        )
+        if dul.assoc.is_established:
+            indication = A_P_ABORT()
+            indication.provider_reason = REASON_UNEXPECTED_PDU
+            dul.to_user_queue.put(indication)
+        else:
+            # The acceptor thread waits for the A-ASSOCIATE indication: None makes it
+            # end as if it had timed out, without negotiating.
+            dul.to_user_queue.put(None)
+        assoc_socket = dul.socket
+        if assoc_socket is not None and assoc_socket.socket is not None:
+            try:
+                assoc_socket.socket.settimeout(1.0)
+                assoc_socket.socket.sendall(abort_pdu(SOURCE_PROVIDER, REASON_UNEXPECTED_PDU))
+            except OSError:
+                pass
+            assoc_socket.close()
 
 
 def wait_ready(self: Any) -> bool:
