@@ -51,8 +51,11 @@ logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 128
 _INFO_FIELDS = tuple(f.name for f in fields(InstanceInfo))
-#: How long a handler waits for its index commit before answering 0xA700.
-COMMIT_TIMEOUT_S = 45.0
+#: How long a handler waits for its index commit before answering 0xA700: below the
+#: 30 s most senders wait for a response (pynetdicom's and DCMTK's DIMSE timeouts),
+#: so a stuck database gets the sender a status it retries, never silence and an
+#: abort (issue 10: an association once went 30 s without a response this way).
+COMMIT_TIMEOUT_S = 20.0
 #: The default of ``node.max_instance_bytes``: a native Pixel Data element holds at
 #: most 4 GiB (its 32-bit length), so no uncompressed instance needs more.
 MAX_INSTANCE_BYTES = 4 * 2**30
