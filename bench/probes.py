@@ -33,17 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.nodeproc import NodeProcess, children
+from tests.nodeproc import NodeProcess
 from tests.rawpeer import associate, connect, p_data, store_command, wait_closed
-
-
-def serving(node: NodeProcess) -> list[int]:
-    assert node.proc is not None
-    return [node.proc.pid] + [
-        pid
-        for pid in children(node.proc.pid)
-        if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    ]
 
 
 def status(pids: list[int], key: str) -> int:
@@ -83,7 +74,7 @@ def probe_partial(node: NodeProcess) -> dict[str, float]:
 
 
 def probe_idle(node: NodeProcess) -> dict[str, float]:
-    pids = serving(node)
+    pids = node.serving_pids()
     threads_before = status(pids, "Threads")
     socks = []
     opened_at = time.monotonic()
@@ -107,7 +98,7 @@ def probe_idle(node: NodeProcess) -> dict[str, float]:
 
 
 def probe_claim(node: NodeProcess) -> dict[str, float]:
-    pids = serving(node)
+    pids = node.serving_pids()
     before = status(pids, "VmRSS")
     socks = [connect(node.port) for _ in range(20)]
     for sock in socks:
@@ -151,7 +142,7 @@ def probe_cut(node: NodeProcess) -> dict[str, float]:
     time.sleep(2)
     files = [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()]
     part_fds = 0
-    for pid in serving(node):
+    for pid in node.serving_pids():
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
                 part_fds += os.readlink(fd).endswith(".part")

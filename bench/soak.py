@@ -35,17 +35,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from tests.factories import small_ct
-from tests.nodeproc import NodeProcess, children
+from tests.nodeproc import NodeProcess
 from tests.rawpeer import associate, p_data, store_command
-
-
-def serving(node: NodeProcess) -> list[int]:
-    assert node.proc is not None
-    return [node.proc.pid] + [
-        pid
-        for pid in children(node.proc.pid)
-        if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    ]
 
 
 def resources(pids: list[int]) -> dict[str, float]:
@@ -128,7 +119,7 @@ def main() -> None:
     node.start()
     time.sleep(3)
     sender = Sender(node.port, args.cut_share)
-    pids = serving(node)
+    pids = node.serving_pids()
     numbers = iter(range(args.associations))
     numbers_lock = threading.Lock()
     done = [0]

@@ -224,6 +224,15 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
 
+    def serving_pids(self) -> list[int]:
+        """The node's own process and its extra receiving processes (from /proc)."""
+        assert self.proc is not None
+        return [self.proc.pid] + [
+            pid
+            for pid in children(self.proc.pid)
+            if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        ]
+
     def log_text(self) -> str:
         """Everything the node logged so far."""
         return self.log.read_text(encoding="utf-8", errors="replace")

@@ -19,7 +19,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.nodeproc import NodeProcess, children
+from tests.nodeproc import NodeProcess
 from tests.rawpeer import (
     associate,
     associate_rq,
@@ -48,21 +48,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         yield running
 
 
-def _receivers(node: NodeProcess) -> list[int]:
-    """The node's serving process and its receiving children."""
-    assert node.proc is not None
-    return [node.proc.pid] + [
-        pid
-        for pid in children(node.proc.pid)
-        if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    ]
-
-
 def _wait_for_receivers(node: NodeProcess, count: int) -> None:
     deadline = time.monotonic() + 30
-    while len(_receivers(node)) < count and time.monotonic() < deadline:
+    while len(node.serving_pids()) < count and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(_receivers(node)) == count
+    assert len(node.serving_pids()) == count
 
 
 def _status(pid: int, key: str) -> int:
@@ -73,17 +63,17 @@ def _status(pid: int, key: str) -> int:
 
 
 def _rss_kib(node: NodeProcess) -> int:
-    return sum(_status(pid, "VmRSS") for pid in _receivers(node))
+    return sum(_status(pid, "VmRSS") for pid in node.serving_pids())
 
 
 def _threads(node: NodeProcess) -> int:
-    return sum(_status(pid, "Threads") for pid in _receivers(node))
+    return sum(_status(pid, "Threads") for pid in node.serving_pids())
 
 
 def _fds(node: NodeProcess) -> int:
     """Open spool files of the receiving processes (sockets: test_receive.py)."""
     count = 0
-    for pid in _receivers(node):
+    for pid in node.serving_pids():
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
                 target = os.readlink(fd)

@@ -25,7 +25,7 @@ from tests.factories import (
     small_ct,
     truncated_pixel_data,
 )
-from tests.nodeproc import NodeProcess, children
+from tests.nodeproc import NodeProcess
 from tests.scu import send_file, storescu, try_associate
 
 #: One real file per transfer syntax that pydicom bundles with complete UIDs.
@@ -98,18 +98,9 @@ def test_serving_processes_run_without_numpy(node: NodeProcess, tmp_path: Path) 
     # The node's own process and its extra receiving processes never decode pixels:
     # they keep numpy (and pydicom's pixel plugins) out, ~14 MB each.
     send_file(node.port, write(tmp_path, encode(small_ct())))
-    for pid in _serving_pids(node):
+    for pid in node.serving_pids():
         mapped = Path(f"/proc/{pid}/maps").read_text()
         assert "numpy" not in mapped, f"process {pid} loaded numpy"
-
-
-def _serving_pids(node: NodeProcess) -> list[int]:
-    assert node.proc is not None
-    return [node.proc.pid] + [
-        pid
-        for pid in children(node.proc.pid)
-        if " receive " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    ]
 
 
 def _open_sockets(pids: list[int]) -> int:
@@ -126,11 +117,11 @@ def _open_sockets(pids: list[int]) -> int:
 def test_finished_associations_leave_no_open_sockets_behind(node: NodeProcess) -> None:
     # Every receiving process must be up and listening before the baseline is taken.
     deadline = time.monotonic() + 30
-    while len(_serving_pids(node)) < 2 and time.monotonic() < deadline:
+    while len(node.serving_pids()) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert try_associate(node.port, "DICOMNODE", "TESTSCU")
     time.sleep(1)
-    pids = _serving_pids(node)
+    pids = node.serving_pids()
     before = _open_sockets(pids)
     for _ in range(40):
         assert try_associate(node.port, "DICOMNODE", "TESTSCU")
