@@ -7,6 +7,7 @@ session ends none of them may still run (:func:`no_process_left_behind`).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import re
@@ -104,6 +105,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
         raise pytest.UsageError(f"{REQUIRE_TOOLS_ENV}=1 but not installed: {', '.join(missing)}")
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage as each test ends, so a leak is blamed on the test that made it.
+
+    A socket or file left in a reference cycle (an exception's traceback holds the
+    frame that opened it) is only finalised by the cycle collector, at whatever moment
+    it next runs: its ResourceWarning, an error under ``filterwarnings = error``, then
+    fails an unrelated test (CI once failed ``test_retry_queues_a_dead_job_again`` for
+    a socket a hostile-peer test had left).
+    """
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session", autouse=True)

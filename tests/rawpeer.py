@@ -63,9 +63,16 @@ def associate_rq(
 def connect(port: int, source: str = "127.0.0.1", timeout: float = 10) -> socket.socket:
     """A TCP connection to the node on 127.0.0.1, from ``source`` (any 127.x address)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
+    try:
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        # A refused or reset connection (the per-host cap at work) must not leave
+        # its socket to the garbage collector: the ResourceWarning would fail
+        # whichever test happens to run next.
+        sock.close()
+        raise
     return sock
 
 
@@ -94,9 +101,15 @@ def _read(sock: socket.socket, count: int) -> bytes:
 def associate(port: int, called_ae: str = "DICOMNODE", source: str = "127.0.0.1") -> socket.socket:
     """A connection with an accepted association (context 1: Verification, 3: CT)."""
     sock = connect(port, source)
-    sock.sendall(associate_rq(called_ae))
-    pdu_type, _ = read_pdu(sock)
-    assert pdu_type == 0x02, f"association not accepted (PDU type 0x{pdu_type:02X}, {_.hex()})"
+    try:
+        sock.sendall(associate_rq(called_ae))
+        pdu_type, body = read_pdu(sock)
+        assert pdu_type == 0x02, (
+            f"association not accepted (PDU type 0x{pdu_type:02X}, {body.hex()})"
+        )
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 

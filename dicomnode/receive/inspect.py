@@ -63,6 +63,11 @@ MAX_INFLATED_BYTES = 256 * 2**20
 #: included; the default of ``node.max_elements``. An enhanced multi-frame instance
 #: of a few thousand frames holds a few hundred thousand.
 MAX_ELEMENTS = 1_000_000
+#: The most small top-level elements kept for the index's rule attributes. A real
+#: header has a few hundred; an empty-element bomb has millions, and a tuple for
+#: each cost ~130 bytes (1.7 KB deflated held 8 MiB). Past this, the rest of the
+#: dataset is still walked and checked, just not kept.
+MAX_RECORDED_ELEMENTS = 2048
 #: Inflate in steps of this much output, so memory stays flat whatever the ratio.
 _INFLATE_STEP = 1 << 20
 _TOO_BIG_INFLATED = "deflated data set inflates past node.max_inflated_bytes"
@@ -241,7 +246,11 @@ class _Walker:
                         self.values[tag] = bytes(buf[pos : pos + length])
                     elif tag in _PIXEL_TAGS:
                         self.pixel_length = length
-                    if length <= MAX_RECORDED_BYTES and not group & 1:
+                    if (
+                        length <= MAX_RECORDED_BYTES
+                        and not group & 1
+                        and len(self.recorded) < MAX_RECORDED_ELEMENTS
+                    ):
                         self.recorded.append((tag, vr, bytes(buf[pos : pos + length])))
                 end = pos + length
                 if end > size:
@@ -324,18 +333,26 @@ def _dataset_offset(buf: mmap.mmap | bytes) -> tuple[int, str]:
     """Offset of the dataset after the File Meta, and the Transfer Syntax UID."""
     if len(buf) < 132 or buf[128:132] != b"DICM":
         raise InvalidDatasetError("no DICOM File Meta Information")
-    pos, syntax = 132, ""
-    while pos + 8 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+    pos, syntax, size = 132, "", len(buf)
+    while pos + 8 <= size and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
         elem = struct.unpack_from("<H", buf, pos + 2)[0]
         if buf[pos + 4 : pos + 6] in _LONG_VRS:
+            if pos + 12 > size:
+                raise InvalidDatasetError(f"File Meta element header cut short at byte {pos}")
             length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
         else:
             length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+        if start + length > size:
+            raise InvalidDatasetError(f"File Meta element at byte {pos} runs past the end")
         if elem == 0x0010:
             syntax = bytes(buf[start : start + length]).rstrip(b"\0 ").decode("ascii", "replace")
         pos = start + length
     if not is_valid_uid(syntax):
         raise InvalidDatasetError("File Meta has no valid Transfer Syntax UID")
+    if not UID(syntax).is_transfer_syntax:
+        # A UID pydicom does not know as a transfer syntax has no known encoding
+        # (byte order, VR form): nothing after the File Meta can be read.
+        raise InvalidDatasetError("File Meta names an unknown Transfer Syntax UID")
     return pos, syntax
 
 
@@ -449,9 +466,14 @@ def _decode(walker: _Walker) -> tuple[dict[str, object], list[str]]:
     """
     out: dict[str, object] = {}
     charset = walker.values.get(0x00080005, b"")  # Specific Character Set
-    encodings = convert_encodings(
-        [v for v in charset.decode("ascii", "replace").strip(" \0").split("\\") if v] or [""]
-    )
+    terms = [v for v in charset.decode("ascii", "replace").strip(" \0").split("\\") if v]
+    try:
+        encodings = convert_encodings(terms or [""])
+    except (ValueError, LookupError) as exc:
+        # pydicom warns on an unknown term and falls back, but a term Python cannot
+        # even look up (a NUL inside: "embedded null character") raises. Our words,
+        # not the library's: its message would quote the value.
+        raise InvalidDatasetError("Specific Character Set is not valid") from exc
     for tag, raw in walker.values.items():
         keyword, vr = _WANTED[tag]
         if vr == "US":

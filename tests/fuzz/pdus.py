@@ -219,8 +219,8 @@ def kills_the_dul(data: bytes) -> bool:
     error handling, so a PDU that decodes but fails there (an A-ASSOCIATE-RQ with an
     even presentation context ID or a bad user identity type; an A-ABORT with an
     undefined source or reason) raises in the association's DUL thread and ends it:
-    a known bug, pinned by tests/fuzz/test_corpus.py (xfail) and left to that test
-    by the fuzz tests.
+    a pynetdicom bug that ``dicomnode.receive._patches.do_action_or_abort`` turns
+    into an A-ABORT (pinned by tests/fuzz/test_corpus.py).
     """
     if len(data) < 6 or data[0] not in ACCEPTOR_CONVERTS:
         return False

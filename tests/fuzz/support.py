@@ -251,12 +251,12 @@ def warm_up(node: NodeProcess, rounds: int = 20) -> None:
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(: .*)?")
 
 
-def unhandled(text: str, known: str | None = None) -> list[str]:
+def unhandled(text: str) -> list[str]:
     """Exceptions nobody handled in a stretch of the node's log.
 
     Returns the last line of each traceback (a thread's, printed to stderr; log
-    records of other threads may be interleaved with it) but those with a frame
-    containing ``known``, and each crashed C-STORE record.
+    records of other threads may be interleaved with it) and each crashed C-STORE
+    record.
     """
     lines = text.splitlines()
     found = [line for line in lines if "action=store_crashed" in line]
@@ -268,8 +268,7 @@ def unhandled(text: str, known: str | None = None) -> list[str]:
             block.append(later)
             if not later.startswith((" ", "ts=")) and _EXCEPTION_LINE.fullmatch(later):
                 break
-        if known is None or not any(known in frame for frame in block):
-            found.append(block[-1] if block else line)
+        found.append(block[-1] if block else line)
     return found
 
 

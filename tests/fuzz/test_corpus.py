@@ -48,25 +48,6 @@ ANSWER_SECONDS = 2.5
 #: dataset mismatch.
 REFUSED = {0xC000, 0xA900}
 
-_EVEN_CONTEXT_ID = (
-    "known bug: an A-ASSOCIATE-RQ with an even presentation context ID passes the "
-    "admission gate, then pynetdicom's AE-6 raises ValueError in the DUL thread: no "
-    "answer, connection and association slot held for acse_timeout (30 s)"
-)
-_FSM_ACTION_RAISES = (
-    "known bug: an exception in a pynetdicom state-machine action ({}) ends the DUL "
-    "thread unhandled (traceback on stderr)"
-)
-_CHARSET_NUL = (
-    "known bug: a Specific Character Set with a NUL inside ('ISO_IR\\x00100') makes "
-    "pydicom's convert_encodings raise ValueError in inspect_instance: the C-STORE is "
-    "answered 0xA700 (store_crashed), which senders retry, not 0xC000"
-)
-_INSPECT_META = (
-    "known bug: inspect_instance raises {} for a File Meta it cannot read, not "
-    "InvalidDatasetError (dicomnode rules test and the backfill crash on such a file)"
-)
-
 
 @dataclass(frozen=True)
 class Replay:
@@ -94,7 +75,7 @@ REPLAYS: dict[str, list[Replay]] = {
     "store-study-uid-trailing-newline.dcm": [Replay("store", "refused")],
     "store-number-of-frames-minus-5.dcm": [Replay("store", "refused")],
     "command-empty-affected-sop-instance-uid.bin": [Replay("command", "refused")],
-    "store-specific-character-set-with-nul.dcm": [Replay("store", "refused", _CHARSET_NUL)],
+    "store-specific-character-set-with-nul.dcm": [Replay("store", "refused")],
     # Found by the fuzz tests.
     # Each of these made a pynetdicom state-machine action raise, which ended its DUL
     # thread unanswered; _patches.do_action_or_abort aborts the association instead.
@@ -117,19 +98,10 @@ class Inspected:
 INSPECTED: dict[str, Inspected] = {
     "store-study-uid-trailing-newline.dcm": Inspected(refused=True),
     "store-number-of-frames-minus-5.dcm": Inspected(refused=True),
-    "store-specific-character-set-with-nul.dcm": Inspected(refused=True, bug=_CHARSET_NUL),
-    "inspect-file-meta-cut-in-long-element.dcm": Inspected(
-        refused=True, bug=_INSPECT_META.format("struct.error")
-    ),
-    "inspect-file-meta-unknown-transfer-syntax.dcm": Inspected(
-        refused=True, bug=_INSPECT_META.format("ValueError")
-    ),
-    "inspect-deflated-60000-empty-elements.dcm": Inspected(
-        refused=False,
-        bug="known bug: inspect_instance keeps a tuple per small top-level element "
-        "(_Walker.recorded, up to node.max_elements): 1.7 KB deflated -> 8 MiB, "
-        "~8 KB -> ~130 MB per instance",
-    ),
+    "store-specific-character-set-with-nul.dcm": Inspected(refused=True),
+    "inspect-file-meta-cut-in-long-element.dcm": Inspected(refused=True),
+    "inspect-file-meta-unknown-transfer-syntax.dcm": Inspected(refused=True),
+    "inspect-deflated-60000-empty-elements.dcm": Inspected(refused=False),
 }
 #: What inspecting one corpus file may allocate over its size (as in
 #: tests/fuzz/test_fuzz_inspect.py: 2 MiB and two 1 MiB inflate steps).

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import struct
-import traceback
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -281,14 +280,6 @@ def label(outcome: str) -> None:
         event(re.sub(r"\(.*?\)|[0-9]+", "#", outcome))
 
 
-def is_known_charset_bug(exc: ValueError) -> bool:
-    """The known bug pinned by tests/fuzz/test_corpus.py (xfail): a NUL inside the
-    Specific Character Set makes pydicom's ``convert_encodings`` raise ValueError."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    in_charset = any(frame.filename.endswith("pydicom/charset.py") for frame in frames)
-    return str(exc) == "embedded null character" and in_charset
-
-
 def check(file: bytes, folders: tuple[Path, Path]) -> InstanceInfo | None:
     """Inspect ``file`` within budget; only a ReceiveError may come out."""
     path, scratch = folders
@@ -302,10 +293,6 @@ def check(file: bytes, folders: tuple[Path, Path]) -> InstanceInfo | None:
             info = inspect_instance(path, scratch, max_inflated=MAX_INFLATED)
         except ReceiveError as exc:
             label(f"refused: {exc}")
-        except ValueError as exc:
-            if not is_known_charset_bug(exc):
-                raise
-            label("known bug: NUL in Specific Character Set")
     assert list(scratch.iterdir()) == [], "inspect_instance left files in its scratch folder"
     if info is not None:
         label("read")

@@ -263,7 +263,7 @@ def test_decoders_finish_within_budget_whatever_the_pdu_body(data: bytes) -> Non
         try:
             decoded.to_primitive()  # what the state machine does next (AE-6, DT-2, ...)
         except Exception:
-            # A known bug, pinned by tests/fuzz/test_corpus.py (xfail): such a PDU
-            # ends its association's DUL thread in the node.
-            event("known bug: kills the DUL thread")
+            # A pynetdicom bug: unpatched, such a PDU ends its association's DUL
+            # thread; the node aborts the association instead (tests/fuzz/test_corpus.py).
+            event("pynetdicom cannot convert it")
             assert kills_the_dul(data)
