@@ -24,6 +24,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
@@ -59,6 +60,10 @@ COMMIT_TIMEOUT_S = 20.0
 #: The default of ``node.max_instance_bytes``: a native Pixel Data element holds at
 #: most 4 GiB (its 32-bit length), so no uncompressed instance needs more.
 MAX_INSTANCE_BYTES = 4 * 2**30
+#: A store whose handler takes longer than this logs where the time went
+#: (``store_slow``): the record that tells a full disk queue from a held database
+#: lock from a starved process when a sender sees a slow response.
+SLOW_STORE_S = 1.0
 
 
 class Outcome(enum.StrEnum):
@@ -135,6 +140,16 @@ class _Request:
     calling_ae: str
     association_id: int | None
     future: Future[Outcome] = field(default_factory=Future)
+    #: Seconds spent in each step, for the ``store_slow`` record; the writer
+    #: thread adds its steps before it resolves ``future``.
+    steps: dict[str, float] = field(default_factory=dict)
+    queued_at: float = 0.0
+
+
+def _add_steps(batch: list[_Request], **steps: float) -> None:
+    """Record the writer's step timings of one batch in each of its requests."""
+    for request in batch:
+        request.steps.update(steps)
 
 
 @dataclass
@@ -191,6 +206,9 @@ class Ingest:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._ids = IdCache()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._local = threading.local()  # each association thread's step timings
+        #: What the writer thread is doing now (read unlocked, for ``store_slow``).
+        self._writer_step = "idle"
 
     def start(self) -> None:
         """Clean leftovers of a previous run and start the writer thread."""
@@ -230,6 +248,30 @@ class Ingest:
         association_id: int | None,
     ) -> Outcome:
         """Validate a spooled instance and make it durable; raises a ReceiveError."""
+        started = time.monotonic()
+        try:
+            return self._store(
+                spool, command_sop_class_uid, command_sop_instance_uid, calling_ae,
+                association_id, started,
+            )  # fmt: skip
+        finally:
+            # Failures too: a slow refusal is as much a sender's problem as a slow success.
+            if time.monotonic() - started > SLOW_STORE_S:
+                self._log_slow(command_sop_instance_uid, calling_ae, started)
+
+    def _store(
+        self,
+        spool: SpoolFile,
+        command_sop_class_uid: str,
+        command_sop_instance_uid: str,
+        calling_ae: str,
+        association_id: int | None,
+        started: float,
+    ) -> Outcome:
+        # A fresh dict each time: after a commit timeout the writer may still add the
+        # old request's steps to the dict it holds.
+        steps: dict[str, float] = {}
+        self._local.steps = steps
         try:
             if spool.error is not None:
                 raise StorageError(f"cannot write the instance: {spool.error.strerror}")
@@ -246,6 +288,7 @@ class Ingest:
             info = inspect_instance(
                 Path(spool.name), self.spool_dir, self.max_inflated_bytes, self.max_elements
             )
+            steps["inspect"] = time.monotonic() - started
             if info.sop_instance_uid != command_sop_instance_uid:
                 raise DatasetMismatchError(
                     "SOP Instance UID differs from the C-STORE command", info.sop_instance_uid
@@ -254,14 +297,17 @@ class Ingest:
                 raise DatasetMismatchError(
                     "SOP Class UID differs from the C-STORE command", info.sop_instance_uid
                 )
+            synced = time.monotonic()
             try:
                 spool.sync_and_close()
             except OSError as exc:
                 raise StorageError(f"cannot write the instance: {exc.strerror}") from exc
+            steps["fsync"] = time.monotonic() - synced
         except BaseException:
             spool.discard()
             raise
-        request = _Request(spool, info, calling_ae, association_id)
+        request = _Request(spool, info, calling_ae, association_id, steps=steps)
+        request.queued_at = time.monotonic()
         self._queue.put(request)
         try:
             return request.future.result(timeout=COMMIT_TIMEOUT_S)
@@ -270,6 +316,22 @@ class Ingest:
             # sender still listens. Should the commit land later, a resend is a
             # duplicate and succeeds.
             raise StorageError("index commit timed out", info.sop_instance_uid) from exc
+
+    def _log_slow(self, sop_instance_uid: str, calling_ae: str, started: float) -> None:
+        # Steps the writer thread times are read after it resolved the future, or
+        # (on a commit timeout) while it may still add to them: copy first.
+        steps = dict(getattr(self._local, "steps", {}))
+        logger.warning(
+            "slow store",
+            extra={
+                "action": "store_slow",
+                "sop_instance_uid": sop_instance_uid,
+                "calling_ae": calling_ae,
+                "seconds": round(time.monotonic() - started, 3),
+                "writer_step": self._writer_step,
+                **{f"{name}_s": round(value, 3) for name, value in steps.items()},
+            },
+        )
 
     # -- writer thread --------------------------------------------------------------
 
@@ -351,6 +413,10 @@ class Ingest:
             fcntl.flock(self._writers_fd, fcntl.LOCK_UN)
 
     def _commit(self, batch: list[_Request]) -> list[Outcome]:
+        begun = time.monotonic()
+        self._writer_step = "place"
+        for request in batch:
+            request.steps["queued"] = begun - request.queued_at
         undo = _Undo()
         dirs: set[Path] = set()
         rows: list[dict[str, Any]] = []
@@ -372,12 +438,30 @@ class Ingest:
                     rows.append(row)
                     # A later copy in this batch must compare with this one.
                     known[request.info.sop_instance_uid] = (request.spool.sha256, row["path"])
+                placed = time.monotonic()
+                self._writer_step = "writers_lock"
                 with self._sqlite_writers_turn():  # the first write takes SQLite's lock
+                    locked = time.monotonic()
+                    self._writer_step = "index"
                     record_instances(conn, rows, replaced, now, self._ids)
+                    recorded = time.monotonic()
+                    self._writer_step = "dir_fsync"
                     for folder in dirs:
                         fsync_dir(folder)
+                    synced = time.monotonic()
+                    self._writer_step = "commit"
                     transaction.commit()
+                self._writer_step = "idle"
+                _add_steps(
+                    batch,
+                    place=placed - begun,
+                    writers_lock=locked - placed,
+                    index=recorded - locked,
+                    dir_fsync=synced - recorded,
+                    commit=time.monotonic() - synced,
+                )
         except BaseException as exc:
+            self._writer_step = "idle"
             self._ids.clear()  # ids inserted in this transaction are gone
             undo.run()
             if isinstance(exc, DBAPIError):

@@ -44,3 +44,8 @@ def test_store_gets_out_of_resources_before_the_sender_times_out_when_the_index_
         assert assoc.is_established
         assert assoc.send_c_store(small_ct()).Status == Status.SUCCESS  # lock gone: stored
         assoc.release()
+    # The node said where the time went: its index writer was waiting on the database.
+    slow = [line for line in node.log.read_text().splitlines() if "action=store_slow" in line]
+    assert len(slow) == 1, slow
+    assert "writer_step=index" in slow[0]
+    assert "inspect_s=" in slow[0] and "fsync_s=" in slow[0]
