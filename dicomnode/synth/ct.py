@@ -29,10 +29,11 @@ from typing import TypedDict, Unpack
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import RE_VALID_UID, UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import RE_VALID_UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from dicomnode import __version__, uids
+from dicomnode import __version__
+from dicomnode.uids import derive_uid
 
 __all__ = [
     "CtLesion",
@@ -304,11 +305,11 @@ def build_ct_series(
     phantom = ct_phantom(seed, slices, rows, columns, slice_thickness, pixel_spacing)
     if not 0 <= series_number <= 2**31 - 1:
         raise ValueError(f"series_number must fit an IS value, got {series_number}")
-    study_uid = study_instance_uid or _derive_uid("study", str(seed), patient_id)
+    study_uid = study_instance_uid or derive_uid(_UID_NAMESPACE, "study", str(seed), patient_id)
     if len(study_uid) > 64 or not RE_VALID_UID.match(study_uid):
         raise ValueError(f"study_instance_uid is not a valid UID: {study_uid!r}")
-    series_uid = _derive_uid(
-        "series", study_uid, str(series_number), series_description, repr(phantom)
+    series_uid = derive_uid(
+        _UID_NAMESPACE, "series", study_uid, str(series_number), series_description, repr(phantom)
     )
     return (
         _slice_dataset(
@@ -370,10 +371,6 @@ def _check_arguments(
     for name, length in (("slice_thickness", slice_thickness), ("pixel_spacing", pixel_spacing)):
         if not (math.isfinite(length) and length > 0):
             raise ValueError(f"{name} must be a positive number of millimetres, got {length}")
-
-
-def _derive_uid(*parts: str) -> UID:
-    return uids.derive_uid(_UID_NAMESPACE, *parts)
 
 
 def _place_lesions(geometry: CtPhantom, rng: np.random.Generator) -> tuple[CtLesion, ...]:
@@ -508,7 +505,7 @@ def _slice_dataset(
 ) -> Dataset:
     """Build the CT Image IOD (PS3.3 A.3) for one slice."""
     study_uid, series_uid = uids
-    sop_uid = _derive_uid("sop", series_uid, str(index))
+    sop_uid = derive_uid(_UID_NAMESPACE, "sop", series_uid, str(index))
     position = phantom.image_position(index)
 
     ds = Dataset()
@@ -598,7 +595,7 @@ def _add_series_and_equipment(ds: Dataset, series_uid: str, series: tuple[int, s
     ds.BodyPartExamined = "CHEST"
     ds.PatientPosition = "HFS"
     # Frame of Reference: every slice of the series shares one.
-    ds.FrameOfReferenceUID = _derive_uid("frame-of-reference", series_uid)
+    ds.FrameOfReferenceUID = derive_uid(_UID_NAMESPACE, "frame-of-reference", series_uid)
     ds.PositionReferenceIndicator = ""
     # General Equipment
     ds.Manufacturer = "dicomnode"

@@ -32,16 +32,17 @@ from pydicom.dataset import Dataset
 from dicomnode.models.api import SegmentLabel
 from dicomnode.models.codes import MORPHOLOGICALLY_ABNORMAL, NODULE
 from dicomnode.synth.projection import (
+    UID_NAMESPACE,
     Blob,
     Grid,
     ImageHeader,
     add_code_sequence,
     build_projection_dataset,
-    derive_uid,
     draw_blob,
     power_law_noise,
     to_stored,
 )
+from dicomnode.uids import derive_uid
 
 __all__ = ["CXR_VIEWS", "CxrStudy", "build_cxr_study"]
 
@@ -169,7 +170,7 @@ def build_cxr_study(
     """
     _check(seed, rows, columns, finding)
     pid = patient_id or f"SYNTH-CXR-{seed:06d}"
-    study_uid = study_instance_uid or derive_uid("cxr-study", str(seed), pid)
+    study_uid = study_instance_uid or derive_uid(UID_NAMESPACE, "cxr-study", str(seed), pid)
     rng = np.random.default_rng([seed, _FINDING_STREAM])
     drawn = finding or _FINDINGS[int(rng.uniform() < 0.5)]
     grid = Grid(rows, columns, (_FIELD_MM / rows, _FIELD_MM / columns))
@@ -317,15 +318,15 @@ def _ribs(
 def _header(
     view: str, number: int, grid: Grid, patient_id: str, study_uid: str, seed: int
 ) -> ImageHeader:
-    series_uid = derive_uid("cxr-series", study_uid, view, str(seed), str(grid))
+    series_uid = derive_uid(UID_NAMESPACE, "cxr-series", study_uid, view, str(seed), str(grid))
     return ImageHeader(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
         modality="DX",
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
-        sop_instance_uid=derive_uid("cxr-sop", series_uid),
+        sop_instance_uid=derive_uid(UID_NAMESPACE, "cxr-sop", series_uid),
         # One patient position for both views: they share the cranio-caudal axis.
-        frame_of_reference_uid=derive_uid("cxr-frame", study_uid),
+        frame_of_reference_uid=derive_uid(UID_NAMESPACE, "cxr-frame", study_uid),
         patient_id=patient_id,
         series_number=number,
         series_description=f"Chest {view}",

@@ -48,16 +48,17 @@ from dicomnode.models.codes import (
     SPICULATED_LESION,
 )
 from dicomnode.synth.projection import (
+    UID_NAMESPACE,
     Blob,
     Grid,
     ImageHeader,
     add_code_sequence,
     build_projection_dataset,
-    derive_uid,
     draw_blob,
     power_law_noise,
     to_stored,
 )
+from dicomnode.uids import derive_uid
 
 __all__ = ["MG_VIEWS", "MgStudy", "build_mg_study"]
 
@@ -207,7 +208,7 @@ def build_mg_study(
     """
     _check(seed, rows, columns, finding)
     pid = patient_id or f"SYNTH-MG-{seed:06d}"
-    study_uid = study_instance_uid or derive_uid("mg-study", str(seed), pid)
+    study_uid = study_instance_uid or derive_uid(UID_NAMESPACE, "mg-study", str(seed), pid)
     findings = _draw_findings(seed, finding)
     grid = Grid(rows, columns, (_FIELD_MM[0] / rows, _FIELD_MM[1] / columns))
     lesions, labels = _plan_lesions(seed, findings)
@@ -418,15 +419,15 @@ def _tissue(grid: Grid, shape: _Shape, rng: np.random.Generator) -> npt.NDArray[
 def _header(
     view: str, number: int, grid: Grid, patient_id: str, study_uid: str, seed: int
 ) -> ImageHeader:
-    series_uid = derive_uid("mg-series", study_uid, view, str(seed), str(grid))
+    series_uid = derive_uid(UID_NAMESPACE, "mg-series", study_uid, view, str(seed), str(grid))
     return ImageHeader(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
         modality="MG",
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
-        sop_instance_uid=derive_uid("mg-sop", series_uid),
+        sop_instance_uid=derive_uid(UID_NAMESPACE, "mg-sop", series_uid),
         # One frame of reference per breast: its two views share the compression.
-        frame_of_reference_uid=derive_uid("mg-frame", study_uid, view[0]),
+        frame_of_reference_uid=derive_uid(UID_NAMESPACE, "mg-frame", study_uid, view[0]),
         patient_id=patient_id,
         series_number=number,
         series_description=view.replace("-", " "),

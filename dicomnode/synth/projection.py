@@ -19,16 +19,16 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from dicomnode import __version__, uids
+from dicomnode import __version__
 
 __all__ = [
+    "UID_NAMESPACE",
     "Blob",
     "Grid",
     "ImageHeader",
     "add_code_sequence",
     "build_projection_dataset",
     "code_item",
-    "derive_uid",
     "draw_blob",
     "power_law_noise",
     "to_stored",
@@ -44,23 +44,9 @@ _MAX_STORED = float(2**_BITS_STORED - 1)
 _DATE = "20200101"
 _TIME = "120000"
 
-_UID_NAMESPACE = "dicomnode.synth.projection"
-
-
-def derive_uid(*parts: str) -> UID:
-    """Return the deterministic UID of a projection-image object named by `parts`.
-
-    Parameters
-    ----------
-    *parts
-        Strings that identify the object; the same parts always give the same UID.
-
-    Returns
-    -------
-    pydicom.uid.UID
-        A valid UID of at most 64 characters (:func:`dicomnode.uids.derive_uid`).
-    """
-    return uids.derive_uid(_UID_NAMESPACE, *parts)
+#: Namespace of every UID the projection generators (mg, cxr) derive with
+#: :func:`dicomnode.uids.derive_uid`; shared so their UIDs never collide.
+UID_NAMESPACE = "dicomnode.synth.projection"
 
 
 @dataclass(frozen=True, slots=True)
