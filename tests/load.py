@@ -66,7 +66,7 @@ def make_studies(count: int, slices: int, size: int = 256) -> list[list[Dataset]
 
 
 def send_study(port: int, study: list[Dataset], round_number: int) -> SentStudy:
-    """One association carrying ``study``, with fresh SOP Instance UIDs per round."""
+    """One association carrying ``study``, as a new study in each round."""
     ae = AE(ae_title="STRESSSCU")
     ae.add_requested_context(CTImageStorage)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = SENDER_TIMEOUT_S
@@ -76,8 +76,10 @@ def send_study(port: int, study: list[Dataset], round_number: int) -> SentStudy:
     sent = SentStudy()
     for ds in study:
         ds = ds.copy()
-        # A fresh SOP Instance UID per round, so every round stores new instances.
-        ds.SOPInstanceUID = derive_uid("stress", str(round_number), ds.SOPInstanceUID)
+        # Fresh UIDs per round: every round is new studies, each a job of its own
+        # (the same positions again in one series would not make a volume).
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, keyword, derive_uid("stress", str(round_number), ds[keyword].value))
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         started = time.monotonic()
         status = assoc.send_c_store(ds)
