@@ -8,9 +8,12 @@ ErrorComment of at most 64 characters. No inference ever runs here.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import DicomnodeError, StorageError
@@ -44,17 +47,18 @@ def _status(status: Status, comment: str) -> Dataset:
     return ds
 
 
-def _peer(assoc: Any) -> dict[str, Any]:
+def _peer(assoc: Association) -> dict[str, Any]:
     return {
         "calling_ae": assoc.requestor.ae_title,
         "peer": f"{assoc.requestor.address}:{assoc.requestor.port}",
     }
 
 
-def handle_store(event: Any, ingest: Ingest) -> int | Dataset:
+def handle_store(event: Event, ingest: Ingest) -> int | Dataset:
     """C-STORE: make the streamed instance durable, then answer."""
     assoc = event.assoc
-    request = event.request
+    # pynetdicom calls this handler for EVT_C_STORE only, whose request is a C-STORE.
+    request = cast("C_STORE", event.request)
     sop_uid = str(request.AffectedSOPInstanceUID or "")
     try:
         spool = take_spool(assoc.ae, event.dataset_path)
@@ -90,13 +94,13 @@ def handle_store(event: Any, ingest: Ingest) -> int | Dataset:
     return Status.SUCCESS
 
 
-def handle_echo(event: Any) -> int:
+def handle_echo(event: Event) -> int:
     """C-ECHO: we are alive and ready."""
     logger.debug("C-ECHO", extra={"action": "echo", **_peer(event.assoc)})
     return Status.SUCCESS
 
 
-def handle_established(event: Any, session_factory: sessionmaker[Session]) -> None:
+def handle_established(event: Event, session_factory: sessionmaker[Session]) -> None:
     """Record the association; instances point at it."""
     assoc = event.assoc
     tune_association(assoc)
@@ -120,7 +124,7 @@ def handle_established(event: Any, session_factory: sessionmaker[Session]) -> No
     )
 
 
-def _ended(event: Any, session_factory: sessionmaker[Session], reason: str) -> None:
+def _ended(event: Event, session_factory: sessionmaker[Session], reason: str) -> None:
     assoc = event.assoc
     if not hasattr(assoc, _ASSOC_ID):
         return  # never established (a port probe, a rejected request): nothing to record
@@ -145,17 +149,17 @@ def _ended(event: Any, session_factory: sessionmaker[Session], reason: str) -> N
     )
 
 
-def handle_released(event: Any, session_factory: sessionmaker[Session]) -> None:
+def handle_released(event: Event, session_factory: sessionmaker[Session]) -> None:
     """The peer released the association."""
     _ended(event, session_factory, "released")
 
 
-def handle_aborted(event: Any, session_factory: sessionmaker[Session]) -> None:
+def handle_aborted(event: Event, session_factory: sessionmaker[Session]) -> None:
     """The association was aborted."""
     _ended(event, session_factory, "aborted")
 
 
-def handle_rejected(event: Any) -> None:
+def handle_rejected(event: Event) -> None:
     """An association was rejected (calling or called AE title not allowed)."""
     assoc = event.assoc
     logger.warning(

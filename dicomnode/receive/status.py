@@ -12,7 +12,6 @@ from dicomnode.errors import (
     DatasetMismatchError,
     DicomnodeError,
     InvalidDatasetError,
-    StorageError,
 )
 
 __all__ = ["RESERVED_BY_PYNETDICOM", "Status", "status_for_error"]
@@ -23,8 +22,6 @@ class Status(IntEnum):
 
     #: PS3.7 C.1.1 Success; for C-STORE: the instance is durable and indexed.
     SUCCESS = 0x0000
-    #: PS3.7 C.5.1 Refused: not authorised (SOP class or peer not allowed).
-    NOT_AUTHORISED = 0x0124
     #: PS3.4 B.2.3 Refused: out of resources (disk or database failure).
     OUT_OF_RESOURCES = 0xA700
     #: PS3.4 B.2.3 Error: data set does not match SOP class (here: SOP Instance UID).
@@ -43,6 +40,5 @@ def status_for_error(error: DicomnodeError) -> Status:
         return Status.DATASET_MISMATCH
     if isinstance(error, InvalidDatasetError):
         return Status.CANNOT_UNDERSTAND
-    if isinstance(error, StorageError):
-        return Status.OUT_OF_RESOURCES
+    # StorageError and anything unforeseen: the node could not keep the instance.
     return Status.OUT_OF_RESOURCES
