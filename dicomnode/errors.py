@@ -8,9 +8,8 @@ One root and one subclass per stage, so callers can catch a whole stage::
     │   ├── InvalidDatasetError    unparseable, truncated, bad UID   -> 0xC000
     │   ├── DatasetMismatchError   command and dataset UIDs differ   -> 0xA900
     │   └── StorageError           disk or database failure          -> 0xA700
-    ├── DatabaseError          the index (database) failed
-    ├── WorkerError            a job's images cannot be processed
-    │   └── VolumeError            a series' files do not make one volume
+    ├── IndexSchemaError       no index yet, or at another schema revision than the code's
+    ├── VolumeError            a series' files do not make one volume
     └── SendError              a C-STORE to a peer failed
 
 Errors carry the UIDs involved so a log line or a stored error text can name them
@@ -21,15 +20,14 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
-    "DatabaseError",
     "DatasetMismatchError",
     "DicomnodeError",
+    "IndexSchemaError",
     "InvalidDatasetError",
     "ReceiveError",
     "SendError",
     "StorageError",
     "VolumeError",
-    "WorkerError",
 ]
 
 
@@ -69,19 +67,19 @@ class StorageError(ReceiveError):
     """The instance could not be made durable (disk full, I/O or database error)."""
 
 
-class DatabaseError(DicomnodeError):
-    """The index database failed."""
+class IndexSchemaError(DicomnodeError):
+    """The index database is missing or not at the schema revision this code reads.
+
+    Raised where the index is opened without migrating it; the message is one line
+    that says what to run.
+    """
 
 
 class SendError(DicomnodeError):
     """A C-STORE to a peer failed."""
 
 
-class WorkerError(DicomnodeError):
-    """A job's images cannot be turned into what the model or the outputs need."""
-
-
-class VolumeError(WorkerError):
+class VolumeError(DicomnodeError):
     """The instances of a series cannot make one volume.
 
     Parameters

@@ -15,10 +15,18 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.errors import IndexSchemaError
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["alembic_config", "make_engine", "make_session_factory", "upgrade_database"]
+__all__ = [
+    "alembic_config",
+    "make_engine",
+    "make_session_factory",
+    "open_database",
+    "upgrade_database",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +85,45 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
 
     command.upgrade(alembic_config(database_url), revision)
     logger.info("database upgraded", extra={"action": "db_upgraded", "revision": revision})
+
+
+def open_database(database_url: str) -> Engine:
+    """An engine on an index already at the code's schema revision; never migrates.
+
+    For the commands that only read or edit rows. Only the node's own processes and
+    ``dicomnode db upgrade`` change the schema, so an index left behind by an upgrade
+    of dicomnode is reported instead of being migrated under a running node.
+
+    Raises
+    ------
+    IndexSchemaError
+        When there is no index yet, or it is at another revision than this code's.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    url = make_url(database_url)
+    where = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        where = str(url.database)
+        if not Path(where).is_file():  # connecting would create an empty one
+            raise IndexSchemaError(f"no index at {where}: run `dicomnode db upgrade` first")
+    scripts = ScriptDirectory.from_config(alembic_config(database_url))
+    head = scripts.get_current_head()
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current == head:
+        return engine
+    engine.dispose()
+    if current is None:
+        raise IndexSchemaError(f"the index at {where} has no schema: run `dicomnode db upgrade`")
+    if current in {script.revision for script in scripts.walk_revisions()}:
+        raise IndexSchemaError(
+            f"the index at {where} is at schema revision {current} and this dicomnode "
+            f"reads {head}: run `dicomnode db upgrade`"
+        )
+    raise IndexSchemaError(
+        f"the index at {where} is at schema revision {current}, which this dicomnode does "
+        "not know: it was written by a newer version"
+    )

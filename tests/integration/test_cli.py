@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomnode import __version__
+from dicomnode.index.db import upgrade_database
 from tests.factories import encode, small_ct
 from tests.nodeproc import NodeProcess, free_port, run_dicomnode
 
@@ -100,6 +102,76 @@ def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:
     done = dicomnode("db", "upgrade", cwd=tmp_path, env={"DICOMNODE_NODE__DATA_DIR": "store"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "store" / "dicomnode.sqlite").is_file()
+
+
+def _settings_file(folder: Path, data_dir: str = "store") -> Path:
+    config = folder / f"{data_dir}.toml"
+    config.write_text(f'[node]\ndata_dir = "{folder / data_dir}"\n')
+    return config
+
+
+def _revision(database: Path) -> str:
+    with sqlite3.connect(database) as connection:
+        (row,) = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    return str(row[0])
+
+
+def _error_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "command", [("studies",), ("jobs",), ("deliveries",), ("jobs", "retry", "1")]
+)
+def test_read_only_commands_leave_an_old_index_alone_and_say_to_upgrade(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    config = _settings_file(tmp_path)
+    database = tmp_path / "store" / "dicomnode.sqlite"
+    upgrade_database(f"sqlite:///{database}", "0003")
+    done = dicomnode(*command, "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 1
+    (line,) = _error_lines(done)
+    assert "revision 0003" in line and "run `dicomnode db upgrade`" in line
+    assert _revision(database) == "0003"  # not migrated behind the node's back
+
+
+def test_read_only_commands_on_a_missing_index_say_so_in_one_line(tmp_path: Path) -> None:
+    config = _settings_file(tmp_path)
+    done = dicomnode("--config", str(config), "deliveries", "retry", "--failed", cwd=tmp_path)
+    assert done.returncode == 1
+    (line,) = _error_lines(done)
+    assert f"no index at {tmp_path / 'store' / 'dicomnode.sqlite'}" in line
+    assert not (tmp_path / "store").exists()  # nothing created
+
+
+def test_read_only_commands_read_an_index_at_the_latest_revision(tmp_path: Path) -> None:
+    config = _settings_file(tmp_path)
+    assert dicomnode("--config", str(config), "db", "upgrade", cwd=tmp_path).returncode == 0
+    done = dicomnode("--config", str(config), "studies", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Study Instance UID" in done.stdout
+
+
+def test_shared_options_are_accepted_after_the_command_and_win(tmp_path: Path) -> None:
+    before, after = _settings_file(tmp_path, "before"), _settings_file(tmp_path, "after")
+    done = dicomnode(
+        "--config", str(before), "--log-level", "INFO",
+        "db", "upgrade", "--config", str(after), "--log-level", "WARNING", "--log-json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "after" / "dicomnode.sqlite").is_file()
+    assert not (tmp_path / "before").exists()
+    assert "db_upgraded" not in done.stderr  # an INFO record: --log-level WARNING won
+
+
+def test_log_json_after_the_command_writes_json_records(tmp_path: Path) -> None:
+    config = _settings_file(tmp_path)
+    done = dicomnode("db", "upgrade", "--config", str(config), "--log-json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = [line for line in done.stderr.splitlines() if '"db_upgraded"' in line]
+    assert records and records[0].startswith("{")
 
 
 def test_bad_configuration_stops_the_start_with_one_line(tmp_path: Path) -> None:

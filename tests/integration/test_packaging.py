@@ -38,6 +38,11 @@ def test_wheel_ships_the_migrations_and_upgrades_from_them(tmp_path: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     assert "dicomnode/_alembic/env.py" in names
     assert any(n.startswith("dicomnode/_alembic/versions/0001_") for n in names)
+    # Every module of the checkout ships (a package left out of pyproject.toml would not).
+    modules = {
+        f"dicomnode/{p.relative_to(ROOT / 'dicomnode')}" for p in (ROOT / "dicomnode").rglob("*.py")
+    }
+    assert sorted(modules - set(names)) == []
     # The built-in models' trained weights and model cards ship in the wheel.
     for model in ("ct-lesion-seg", "mg-4view", "cxr-2view"):
         assert f"dicomnode/models/weights/{model}.pt" in names, model

@@ -1,0 +1,246 @@
+"""Commands that run the node: ``run``, ``serve``, ``receive``, ``worker``, ``db upgrade``.
+
+These are the only commands that migrate the index: the node's processes bring it to
+the code's schema as they start (the serving process in a forked child, see
+:func:`_preflight`), and ``db upgrade`` does it on demand. Process control (signals,
+the node's lifeline, draining associations) is in :mod:`dicomnode.cli.process`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from dicomnode import __version__
+from dicomnode.cli.app import NodeCommand, NodeGroup, log_args, settings_of, start_logging
+from dicomnode.cli.process import (
+    ORPHAN_RECEIVER_EXIT_S,
+    drain_associations,
+    hide_pixel_libraries,
+    stop_event,
+    stop_with_parent,
+)
+from dicomnode.config import Settings
+from dicomnode.errors import DicomnodeError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from dicomnode.receive.ingest import Ingest
+
+__all__ = ["db", "receive", "run", "serve", "worker"]
+
+logger = logging.getLogger(__name__)
+
+
+@click.command(cls=NodeCommand)
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run everything on this machine: SCP, scheduler and supervised workers."""
+    settings = settings_of(ctx)
+    start_logging(ctx, settings, to_file=True)
+    _serve(ctx, settings, with_workers=True)
+
+
+@click.command(cls=NodeCommand)
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the SCP and the scheduler only; workers run elsewhere (`dicomnode worker`)."""
+    settings = settings_of(ctx)
+    start_logging(ctx, settings, to_file=True)
+    _serve(ctx, settings, with_workers=False)
+
+
+def _check_models(settings: Settings) -> None:
+    from dicomnode.models.registry import available_models
+
+    installed = available_models(settings.model_dirs)
+    for pipeline in settings.pipelines:
+        if pipeline.model not in installed:
+            raise click.ClickException(
+                f"bad configuration: pipeline {pipeline.name!r} names unknown model "
+                f"{pipeline.model!r} (installed: {', '.join(installed)})"
+            )
+
+
+def _receiving(settings: Settings) -> tuple[Engine, sessionmaker[Session], Ingest, Any]:
+    """Start one receiving process's part: index writer and SCP."""
+    from dicomnode.index.db import make_engine, make_session_factory
+    from dicomnode.receive.ingest import Ingest
+    from dicomnode.receive.scp import start_scp
+
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    node = settings.node
+    ingest = Ingest(
+        settings.data_dir, engine, max_instance_bytes=node.max_instance_bytes,
+        max_inflated_bytes=node.max_inflated_bytes, max_elements=node.max_elements,
+    )  # fmt: skip
+    ingest.start()
+    try:
+        server = start_scp(settings, ingest, session_factory)
+    except DicomnodeError as exc:  # e.g. a TLS file that cannot be loaded
+        raise click.ClickException(str(exc)) from exc
+    return engine, session_factory, ingest, server
+
+
+def _stop_receiving(engine: Engine, ingest: Ingest, server: Any, grace: float = 30.0) -> None:
+    # Stop accepting, let running associations finish (bounded), then drain the writer.
+    server.shutdown()
+    drain_associations(server, grace)
+    ingest.stop()
+    engine.dispose()
+
+
+def _preflight(settings: Settings, node_pid: int) -> None:
+    """What the serving process checks once at start (run in a forked child)."""
+    from dicomnode.index.db import upgrade_database
+    from dicomnode.worker.supervisor import die_with_node
+
+    die_with_node(node_pid)  # a node killed mid-start leaves no migration running
+
+    _check_models(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.database_url)
+    _backfill(settings)
+    _reconcile(settings)
+
+
+def _reconcile(settings: Settings) -> None:
+    """Index or quarantine instance files a crash left unindexed (reads files)."""
+    from dicomnode.receive.reconcile import reconcile_instances
+
+    reconcile_instances(settings.database_url, settings.data_dir)
+
+
+def _backfill(settings: Settings) -> None:
+    """Record rule attributes of series indexed before revision 0004 (reads files)."""
+    from dicomnode.receive.backfill import backfill_database
+
+    node = settings.node
+    backfill_database(
+        settings.database_url, settings.data_dir,
+        max_inflated_bytes=node.max_inflated_bytes, max_elements=node.max_elements,
+    )  # fmt: skip
+
+
+def _sender(settings: Settings, session_factory: sessionmaker[Session]) -> Callable[[], object]:
+    """The scheduler's sending job: send the due deliveries of this node."""
+    from dicomnode.send.deliveries import default_owner, send_due_deliveries
+
+    owner = default_owner()
+    return lambda: send_due_deliveries(settings, session_factory, owner)
+
+
+def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
+    from dicomnode.forked import run_forked
+
+    try:
+        run_forked(_preflight, settings, os.getpid())  # keeps numpy, models, Alembic out
+    except DicomnodeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    hide_pixel_libraries()
+    from dicomnode.schedule.scheduler import build_scheduler
+    from dicomnode.worker.supervisor import Supervisor
+
+    stop = stop_event()
+    engine, session_factory, ingest, server = _receiving(settings)
+    scheduler = build_scheduler(settings, session_factory, _sender(settings, session_factory))
+    scheduler.start()
+    roles = ["receive"] * (settings.receive_processes - 1)
+    roles += ["worker"] * (settings.worker.count if with_workers else 0)
+    supervisor = Supervisor(roles, ctx.ensure_object(dict).get("config"), log_args(ctx))
+    supervisor.start()
+    logger.info(
+        "node ready",
+        extra={"action": "node_ready", "data_dir": str(settings.data_dir),
+               "receivers": settings.receive_processes, "workers": roles.count("worker"),
+               "version": __version__},
+    )  # fmt: skip
+    stop.wait()
+    scheduler.shutdown(wait=True)
+    supervisor.stop()
+    _stop_receiving(engine, ingest, server)
+    logger.info("node stopped", extra={"action": "node_stopped"})
+
+
+@click.command(cls=NodeCommand, hidden=True)
+@click.option("--supervised", is_flag=True, help="Started by `run`/`serve`.")
+@click.pass_context
+def receive(ctx: click.Context, supervised: bool) -> None:
+    """An extra receiving process (SCP + index writer) sharing the node's port."""
+    settings = settings_of(ctx)
+    start_logging(ctx, settings, to_file=not supervised)
+    hide_pixel_libraries()
+    engine, _, ingest, server = _receiving(settings)
+    # Until here SIGTERM, also the one the kernel sends when the node dies, ends us at
+    # once: nothing has been received yet.
+    stop = stop_event()
+    lifeline = stop_with_parent(stop, supervised, exit_after=ORPHAN_RECEIVER_EXIT_S)
+    stop.wait()
+    # An orphan frees the port at once and aborts what it is receiving: nothing it
+    # acknowledged is lost (success means committed) and the peer sends the rest again.
+    orphaned = lifeline is not None and not lifeline.node_alive()
+    _stop_receiving(engine, ingest, server, grace=0.0 if orphaned else 30.0)
+
+
+@click.command(cls=NodeCommand)
+@click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
+@click.option(
+    "--supervised", is_flag=True, hidden=True, help="Started by `run`: log to stderr only."
+)
+@click.pass_context
+def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
+    """Run one worker: claim jobs from the shared database and run their pipelines."""
+    settings = settings_of(ctx)
+    # Under `run` the node's stderr (and its log file) carries our records.
+    start_logging(ctx, settings, to_file=not supervised)
+    from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
+    from dicomnode.models.device import resolve_device
+    from dicomnode.worker.runner import SHUTDOWN_GRACE_S, Worker
+
+    _check_models(settings)
+    upgrade_database(settings.database_url)
+    engine = make_engine(settings.database_url)
+    runner = Worker(settings, make_session_factory(engine))
+    resolve_device(settings.worker.device)  # imports torch: seconds, still start-up
+    stop = stop_event()
+
+    # Until here SIGTERM, also the one the kernel sends when the node dies, ends us at
+    # once: we hold no job yet. From here it stops us in order, and a supervised worker
+    # also stops when its node dies (even by SIGKILL), so a restarted node never finds
+    # an orphan working beside it.
+    stop_with_parent(stop, supervised, exit_after=SHUTDOWN_GRACE_S + 10.0)
+
+    def _relay() -> None:
+        stop.wait()
+        runner.stop.set()
+
+    threading.Thread(target=_relay, daemon=True).start()
+    runner.run(max_jobs)
+    engine.dispose()
+
+
+@click.group(cls=NodeGroup)
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or upgrade the index schema to the latest revision."""
+    settings = settings_of(ctx)
+    start_logging(ctx)
+    from dicomnode.index.db import upgrade_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.database_url)
+    _backfill(settings)
+    click.echo("database is at the latest revision")
