@@ -1,30 +1,32 @@
 """The job queue, in the index database.
 
-A job is one pipeline on one version of a study. Workers claim jobs with a lease:
-on PostgreSQL the claim is ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
-LOCKED)``, so concurrent workers never wait on each other; on SQLite the same single
-statement runs under SQLite's one-writer lock, a short write transaction. Execution
-is at-least-once: a worker that dies loses its lease when it expires and the job is
-claimed again. Failed attempts are retried with exponential backoff and jitter until
-``max_attempts``, then the job is dead.
+A job is one pipeline on one version of a study. Workers claim jobs with a lease
+(:mod:`dicomnode.index.leases`, the same columns as deliveries have): on PostgreSQL
+the claim is ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)``, so
+concurrent workers never wait on each other; on SQLite the same single statement
+runs under SQLite's one-writer lock, a short write transaction. Execution
+is at-least-once: a worker that dies loses its lease when it lapses, the scheduler
+fails the attempt (:func:`recover_expired_leases`) and the job is claimed again.
+Failed attempts are retried with exponential backoff and jitter
+(:func:`~dicomnode.index.leases.backoff_seconds`) until ``max_attempts``, then the
+job is dead.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.index.leases import RELEASED, backoff_seconds, lease_lapsed, lease_to, owned_by
 from dicomnode.index.schema import JobRecord, JobState, StudyRecord, utc_now
 
 __all__ = [
     "ClaimedJob",
     "JobSummary",
-    "backoff_seconds",
     "claim_job",
     "enqueue_job",
     "fail_job",
@@ -123,11 +125,10 @@ def claim_job(
         .where(JobRecord.id == pick.scalar_subquery())
         .values(
             state=JobState.RUNNING,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
             heartbeat_at=now,
             started_at=now,
             attempts=JobRecord.attempts + 1,
+            **lease_to(owner, now, lease_seconds),
         )
         .returning(
             JobRecord.id,
@@ -157,7 +158,7 @@ def claim_job(
 def _held(job_id: int, owner: str) -> object:
     return and_(
         JobRecord.id == job_id,
-        JobRecord.lease_owner == owner,
+        owned_by(JobRecord, owner),
         JobRecord.state == JobState.RUNNING,
     )
 
@@ -168,7 +169,7 @@ def heartbeat(session: Session, job_id: int, owner: str, lease_seconds: float) -
     result = session.execute(
         update(JobRecord)
         .where(_held(job_id, owner))  # type: ignore[arg-type]
-        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .values(heartbeat_at=now, **lease_to(owner, now, lease_seconds))
     )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -199,12 +200,6 @@ def finish_job(
     return bool(updated.rowcount)  # type: ignore[attr-defined]
 
 
-def backoff_seconds(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
-    """Exponential backoff with full jitter: uniform in [base*2^(n-1)/2, base*2^(n-1)]."""
-    ceiling = min(cap, base * float(2 ** max(0, attempts - 1)))
-    return ceiling / 2 + random.random() * ceiling / 2
-
-
 def fail_job(
     session: Session,
     job_id: int,
@@ -231,8 +226,7 @@ def fail_job(
     job.state = JobState.DEAD if dead else JobState.FAILED
     job.error = error[:4000]
     job.finished_at = utc_now()
-    job.lease_owner = None
-    job.lease_expires_at = None
+    _release(job)
     if timings is not None:
         job.timings = json.dumps(timings, sort_keys=True)
     if not dead:
@@ -240,6 +234,11 @@ def fail_job(
     state = job.state
     session.commit()
     return state
+
+
+def _release(job: JobRecord) -> None:
+    for column, value in RELEASED.items():
+        setattr(job, column, value)
 
 
 def release_job(session: Session, job_id: int, owner: str) -> bool:
@@ -250,8 +249,7 @@ def release_job(session: Session, job_id: int, owner: str) -> bool:
         return False
     job.state = JobState.QUEUED
     job.attempts = max(0, job.attempts - 1)
-    job.lease_owner = None
-    job.lease_expires_at = None
+    _release(job)
     job.run_after = utc_now()
     session.commit()
     return True
@@ -263,7 +261,7 @@ def recover_expired_leases(session: Session, base_backoff: float = 5.0) -> list[
     expired = list(
         session.scalars(
             select(JobRecord.id).where(
-                JobRecord.state == JobState.RUNNING, JobRecord.lease_expires_at < now
+                JobRecord.state == JobState.RUNNING, lease_lapsed(JobRecord, now)
             )
         )
     )

@@ -35,6 +35,7 @@ __all__ = [
     "InstanceRecord",
     "JobRecord",
     "JobState",
+    "Leased",
     "OutputKind",
     "OutputRecord",
     "OutputState",
@@ -132,6 +133,17 @@ class Base(DeclarativeBase):
     """Declarative base of every record."""
 
     metadata = metadata
+
+
+class Leased:
+    """The lease columns of a record that processes claim: jobs and deliveries.
+
+    One meaning on every table (:mod:`dicomnode.index.leases`): ``lease_owner`` holds,
+    or last held, the claim; ``lease_expires_at`` ends it, NULL when nobody holds it.
+    """
+
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AssociationRecord(Base):
@@ -233,7 +245,7 @@ class InstanceRecord(Base):
     series: Mapped[SeriesRecord] = relationship(back_populates="instances")
 
 
-class JobRecord(Base):
+class JobRecord(Leased, Base):
     """One pipeline run on one version of a study, with its lease and history."""
 
     __tablename__ = "jobs"
@@ -249,8 +261,6 @@ class JobRecord(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     #: Not claimable before this time (retry backoff).
     run_after: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
-    lease_owner: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -293,12 +303,12 @@ class OutputRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
 
 
-class DeliveryRecord(Base):
+class DeliveryRecord(Leased, Base):
     """One item, a routed instance or a job's output, to send to one peer.
 
     Exactly one of ``instance_id`` and ``output_id`` is set. A pending delivery is
-    claimable once ``run_after`` has passed; a sender's claim moves ``run_after``
-    ahead by its lease, so a sender that dies mid-batch loses nothing.
+    claimable once ``run_after`` (the retry backoff) has passed and nobody holds its
+    lease; a sender that dies mid-batch loses nothing: its lease lapses.
     """
 
     __tablename__ = "deliveries"
@@ -316,9 +326,8 @@ class DeliveryRecord(Base):
         _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Not claimable before this time (retry backoff).
     run_after: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
-    #: The sender holding the current claim (its lease ends at ``run_after``).
-    claimed_by: Mapped[str | None] = mapped_column(String(128))
     last_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)

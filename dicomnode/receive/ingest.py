@@ -11,7 +11,8 @@ N commits into one without weakening what a success means.
 Duplicates (same SOP Instance UID): same bytes -> success, no second copy. Different
 bytes -> the newer copy replaces the stored one (last writer wins, as a modality
 re-sending a corrected image expects) and the older bytes are kept under
-``data_dir/superseded/`` so nothing is lost; both cases are logged.
+``data_dir/superseded/<study>/`` so nothing is lost; both cases are logged. Where
+each file goes is :class:`~dicomnode.index.layout.DataLayout`'s to say.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from dicomnode.errors import DatasetMismatchError, InvalidDatasetError, StorageError
-from dicomnode.index.queries import IdCache, find_instances, record_instances
+from dicomnode.index.durable import fsync_dir, make_dirs
+from dicomnode.index.instances import IdCache, find_instances, record_instances
+from dicomnode.index.layout import DataLayout
 from dicomnode.index.schema import utc_now
 from dicomnode.receive.inspect import (
     MAX_ELEMENTS,
@@ -79,10 +82,9 @@ def instance_relpath(info: InstanceInfo) -> Path:
     for uid in (info.study_instance_uid, info.series_instance_uid, info.sop_instance_uid):
         if not is_valid_uid(uid):  # defence in depth: inspect_instance checked already
             raise InvalidDatasetError("invalid UID in path", info.sop_instance_uid)
-    return Path(
-        "instances", info.study_instance_uid, info.series_instance_uid,
-        f"{info.sop_instance_uid}.dcm",
-    )  # fmt: skip
+    return DataLayout.instance_relpath(
+        info.study_instance_uid, info.series_instance_uid, info.sop_instance_uid
+    )
 
 
 def _dead_process_folder(folder: Path) -> bool:
@@ -104,33 +106,6 @@ def _writers_lock_path(engine: Engine) -> Path | None:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
     return Path(f"{database}.writers")
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename or new entry in it survives power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(path: Path, stop: Path) -> set[Path]:
-    """Create ``path`` and missing parents; return the directories whose entries changed."""
-    changed: set[Path] = set()
-    missing = []
-    current = path
-    while not current.exists() and current != stop:
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        changed.add(folder.parent)
-    changed.add(path)
-    return changed
 
 
 @dataclass
@@ -192,13 +167,14 @@ class Ingest:
         max_elements: int = MAX_ELEMENTS,
     ) -> None:
         self.data_dir = data_dir
+        self.layout = DataLayout(data_dir)
         self.max_instance_bytes = max_instance_bytes
         self.max_inflated_bytes = max_inflated_bytes
         self.max_elements = max_elements
         # One spool folder per receiving process: a process cleaning its leftovers at
         # start must not delete what another one is receiving.
-        self.spool_root = data_dir / "spool"
-        self.spool_dir = self.spool_root / str(os.getpid())
+        self.spool_root = self.layout.spool
+        self.spool_dir = self.layout.spool_dir(os.getpid())
         self.engine = engine
         self._conn: Connection | None = None
         self._writers_lock = _writers_lock_path(engine)
@@ -212,7 +188,7 @@ class Ingest:
 
     def start(self) -> None:
         """Clean leftovers of a previous run and start the writer thread."""
-        (self.data_dir / "instances").mkdir(parents=True, exist_ok=True)
+        self.layout.instances.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         for folder in self.spool_root.iterdir():
             if folder == self.spool_dir or not _dead_process_folder(folder):
@@ -485,21 +461,23 @@ class Ingest:
     ) -> Outcome:
         """Rename the spooled file into place (moving an older copy aside)."""
         info = request.info
-        final = self.data_dir / instance_relpath(info)
+        final = self.layout.path(instance_relpath(info))
         outcome = Outcome.STORED
         if info.sop_instance_uid in known:
             sha, path = known[info.sop_instance_uid]
-            old = self.data_dir / path
+            old = self.layout.path(path)
             if sha == request.spool.sha256 and old.exists():
                 return Outcome.DUPLICATE
             if old.exists():
-                kept = self.data_dir / "superseded" / f"{info.sop_instance_uid}.{sha[:16]}.dcm"
-                dirs |= _make_dirs(kept.parent, self.data_dir)
+                kept = self.layout.superseded_path(
+                    info.study_instance_uid, info.sop_instance_uid, sha
+                )
+                dirs |= make_dirs(kept.parent, self.data_dir)
                 os.replace(old, kept)
                 undo.moved.append((old, kept))
                 dirs.add(old.parent)
             outcome = Outcome.REPLACED
-        dirs |= _make_dirs(final.parent, self.data_dir)
+        dirs |= make_dirs(final.parent, self.data_dir)
         os.replace(request.spool.name, final)
         undo.moved.append((Path(request.spool.name), final))
         return outcome

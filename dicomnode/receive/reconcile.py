@@ -33,9 +33,11 @@ from sqlalchemy import select
 
 from dicomnode.errors import ReceiveError
 from dicomnode.index.db import make_engine
-from dicomnode.index.queries import record_instances
+from dicomnode.index.durable import fsync_dir, make_dirs
+from dicomnode.index.instances import record_instances
+from dicomnode.index.layout import DataLayout
 from dicomnode.index.schema import InstanceRecord, utc_now
-from dicomnode.receive.ingest import fsync_dir, instance_relpath
+from dicomnode.receive.ingest import instance_relpath
 from dicomnode.receive.inspect import InstanceInfo, inspect_instance
 
 __all__ = ["ReconcileReport", "reconcile_instances"]
@@ -60,25 +62,25 @@ def reconcile_instances(database_url: str, data_dir: Path) -> ReconcileReport:
     """Index or quarantine every instance file the index does not know (see above)."""
     started = time.monotonic()
     report = ReconcileReport()
-    instances = data_dir / "instances"
-    if not instances.is_dir():
+    layout = DataLayout(data_dir)
+    if not layout.instances.is_dir():
         return report
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
             known = set(conn.scalars(select(InstanceRecord.path)))
         unknown = []
-        for path in _files(instances):
+        for path in _files(layout.instances):
             report.files += 1
-            if path.relative_to(data_dir).as_posix() not in known:
+            if layout.relative(path) not in known:
                 unknown.append(path)
         del known
-        with tempfile.TemporaryDirectory(dir=data_dir) as scratch:
+        with tempfile.TemporaryDirectory(dir=layout.root) as scratch:
             rows = []
             for path in unknown:
-                row = _row(path, data_dir, Path(scratch))
+                row = _row(path, layout, Path(scratch))
                 if row is None:
-                    _quarantine(path, data_dir)
+                    _quarantine(path, layout)
                     report.quarantined += 1
                     continue
                 rows.append(row)
@@ -107,14 +109,14 @@ def _files(folder: Path) -> list[Path]:
     return found
 
 
-def _row(path: Path, data_dir: Path, scratch: Path) -> dict[str, Any] | None:
+def _row(path: Path, layout: DataLayout, scratch: Path) -> dict[str, Any] | None:
     """The index row ingest would have written for ``path``; None if it must not be."""
     try:
         info = inspect_instance(path, scratch)
     except ReceiveError:
         return None
     relpath = instance_relpath(info)
-    if data_dir / relpath != path:
+    if layout.path(relpath) != path:
         return None  # not where ingest puts this instance: not ours to index
     digest = hashlib.sha256()
     with path.open("rb") as file:
@@ -138,9 +140,9 @@ def _record(engine: Any, rows: list[dict[str, Any]]) -> int:
     return len(rows)
 
 
-def _quarantine(path: Path, data_dir: Path) -> None:
-    target = data_dir / "quarantine" / path.relative_to(data_dir / "instances")
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _quarantine(path: Path, layout: DataLayout) -> None:
+    target = layout.quarantine_path(path)
+    changed = make_dirs(target.parent, layout.root)
     os.replace(path, target)
-    fsync_dir(target.parent)
-    fsync_dir(path.parent)
+    for folder in changed | {path.parent}:
+        fsync_dir(folder)

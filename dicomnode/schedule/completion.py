@@ -8,8 +8,8 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
-from dicomnode.index.queries import StableStudy, find_completed_studies, mark_study_stable
 from dicomnode.index.schema import utc_now
+from dicomnode.index.studies import StableStudy, find_completed_studies, mark_study_stable
 from dicomnode.schedule.plan import Plan, plan_study
 
 __all__ = ["complete_studies"]

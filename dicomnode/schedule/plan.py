@@ -10,6 +10,8 @@ process waiting to commit (0xA700 to senders).
 A pipeline matches a study when any of its series matches; a route forwards the
 instances of each matching series. Jobs and deliveries are unique per (study version,
 pipeline) and (instance, route, peer), so a second scan of the same study adds nothing.
+The statements are the index's (:func:`~dicomnode.index.jobs.enqueue_job`,
+:func:`~dicomnode.index.deliveries.queue_route_deliveries`); this module decides.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dicomnode.config import PipelineSettings, RouteSettings, Settings
+from dicomnode.index.deliveries import queue_route_deliveries
 from dicomnode.index.jobs import enqueue_job
-from dicomnode.index.queries import StableStudy, series_rule_attributes
-from dicomnode.index.schema import DeliveryRecord, DeliveryState, InstanceRecord, utc_now
+from dicomnode.index.series import series_rule_attributes
+from dicomnode.index.studies import StableStudy
 from dicomnode.schedule.rules import Match, compile_match, rule_attributes
 
 __all__ = ["Plan", "compile_plan", "plan_study", "series_attributes"]
@@ -83,35 +84,5 @@ def plan_study(
     for route, match in plan.routes:
         matching = [sid for sid, attrs in attributes.items() if match.evaluate(attrs).matched]
         for peer in route.send_to:
-            deliveries += _queue_route(session, matching, route.name, peer)
+            deliveries += queue_route_deliveries(session, matching, route.name, peer)
     return jobs, deliveries
-
-
-def _queue_route(session: Session, series_ids: list[int], route: str, peer: str) -> int:
-    """Queue one delivery per instance of these series not yet queued for route and peer."""
-    if not series_ids:
-        return 0
-    now = utc_now()
-    columns = DeliveryRecord.__table__.c
-    rows = select(
-        InstanceRecord.id,
-        literal(route, columns.route.type),
-        literal(peer, columns.peer.type),
-        literal(DeliveryState.PENDING, columns.state.type),
-        literal(0, columns.attempts.type),
-        literal(now, columns.run_after.type),
-        literal(now, columns.created_at.type),
-    ).where(InstanceRecord.series_id.in_(series_ids))
-    fields = ("instance_id", "route", "peer", "state", "attempts", "run_after", "created_at")
-    # One INSERT ... SELECT whose rows never travel through Python, and ON CONFLICT DO
-    # NOTHING (uq_deliveries_instance_route_peer) rather than an anti-join: PostgreSQL,
-    # with statistics from before a burst of studies, ran NOT EXISTS as a scan of every
-    # delivery of the route (80 ms for the third 900-instance study, and growing).
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(DeliveryRecord)
-        .from_select(fields, rows)
-        .on_conflict_do_nothing()
-        .returning(DeliveryRecord.id)  # rowcount came back -1 from psycopg here
-    )
-    return len(session.execute(statement).all())

@@ -40,7 +40,8 @@ from dicomnode.index.deliveries import (
     mark_retry,
     mark_sent,
 )
-from dicomnode.index.jobs import backoff_seconds
+from dicomnode.index.layout import DataLayout
+from dicomnode.index.leases import backoff_seconds
 from dicomnode.index.schema import utc_now
 from dicomnode.send.scu import StoreOutcome, StoreResult, store_files
 
@@ -194,8 +195,9 @@ def _send_peer_batch(
             return recorder.counts
         # The same file for one peer twice (two routes): sent once, recorded for both.
         by_path: dict[Path, list[ClaimedDelivery]] = {}
+        layout = DataLayout(settings.data_dir)
         for delivery in batch:
-            path = settings.data_dir / delivery.path
+            path = layout.path(delivery.path)
             if not path.is_file():
                 recorder.record(
                     delivery, StoreResult(path, StoreOutcome.FAILED, error="file missing")

@@ -2,8 +2,9 @@
 
 For every view with masks: a DICOM SEG; for the study: one TID 1500 SR referencing the
 SEGs that passed the gate; and Secondary Capture overlays when a destination peer
-accepts ``sc``. Each output is written under the job's folder (temporary name, fsync,
-rename), checked by the validation gate (:mod:`dicomnode.outputs.validate`: dciodvfy,
+accepts ``sc``. Each output is written durably under the job's folder
+(:func:`~dicomnode.index.durable.atomic_write`: temporary name, fsync, rename, fsync
+of the folder), checked by the validation gate (:mod:`dicomnode.outputs.validate`: dciodvfy,
 dsrdump for SR, highdicom read-back) and recorded in the index. A valid output is
 queued for every peer of the pipeline that accepts its kind; an invalid one is kept
 and flagged with the validator's message, and never sent.
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
@@ -32,8 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import PeerSettings, Settings
 from dicomnode.index.deliveries import queue_output_deliveries, record_output
+from dicomnode.index.durable import atomic_write
 from dicomnode.index.jobs import ClaimedJob
-from dicomnode.index.queries import job_folder
+from dicomnode.index.layout import DataLayout
 from dicomnode.models.api import Model, ModelResult, StudyViews
 from dicomnode.outputs.sc import build_overlay_capture
 from dicomnode.outputs.seg import build_segmentation, segment_number_map
@@ -83,15 +85,14 @@ class _Context:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - since
 
 
-def _write(ds: Dataset, path: Path) -> bytes:
+def _write(ds: Dataset, path: Path, layout: DataLayout) -> bytes:
     """Write ``ds`` durably at ``path`` and return the bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ds.save_as(temporary, enforce_file_format=True)
-    data = temporary.read_bytes()
-    with temporary.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    # Encoded in memory first: the bytes are hashed and counted for the index row
+    # without reading the file back.
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    atomic_write(path, data, layout.root)
     return data
 
 
@@ -104,15 +105,15 @@ def _keep(
 ) -> tuple[PublishedOutput, ValidationReport]:
     """Write, validate, record and (if valid) queue one output."""
     started = time.perf_counter()
-    data_dir = context.settings.data_dir
-    path = job_folder(data_dir, context.job.id) / f"{kind}-{ds.SOPInstanceUID}.dcm"
-    data = _write(ds, path)
+    layout = DataLayout(context.settings.data_dir)
+    path = layout.output_path(context.job.id, kind, str(ds.SOPInstanceUID))
+    data = _write(ds, path, layout)
     context.spent("record", started)
     started = time.perf_counter()
     report = validate_output(ds, path, masks=masks, volume=volume)  # type: ignore[arg-type]
     context.spent("validate", started)
     started = time.perf_counter()
-    relative = str(path.relative_to(data_dir))
+    relative = layout.relative(path)
     with context.session_factory() as session:
         output_id = record_output(
             session, context.job.id, kind,
@@ -140,8 +141,9 @@ def _keep(
 
 def _sources(settings: Settings, candidates: Mapping[str, Candidate]) -> dict[str, list[Dataset]]:
     """Headers of every view's source images (pixels are in the volumes already)."""
+    layout = DataLayout(settings.data_dir)
     return {
-        name: [dcmread(settings.data_dir / Path(p), stop_before_pixels=True) for p in c.paths]
+        name: [dcmread(layout.path(p), stop_before_pixels=True) for p in c.paths]
         for name, c in candidates.items()
     }
 

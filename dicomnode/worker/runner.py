@@ -15,14 +15,14 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import PipelineSettings, Settings
 from dicomnode.errors import VolumeError
+from dicomnode.index.instances import study_images
 from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, heartbeat, release_job
-from dicomnode.index.queries import study_images
+from dicomnode.index.layout import DataLayout
 from dicomnode.index.schema import JobState, utc_now
 from dicomnode.log import describe_error
 from dicomnode.models.api import Model, NotApplicable, StudyViews, View
@@ -190,7 +190,8 @@ class Worker:
 
     def _view(self, name: str, candidate: Candidate) -> View:
         """Build one view's volume; a series that cannot be one volume is not applicable."""
-        paths = [self.settings.data_dir / Path(p) for p in candidate.paths]
+        layout = DataLayout(self.settings.data_dir)
+        paths = [layout.path(p) for p in candidate.paths]
         try:
             volume = load_volume(paths)
         except VolumeError as exc:

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.index.jobs import (
-    backoff_seconds,
     claim_job,
     enqueue_job,
     fail_job,
@@ -24,6 +23,7 @@ from dicomnode.index.jobs import (
     release_job,
     retry_job,
 )
+from dicomnode.index.leases import backoff_seconds
 from dicomnode.index.schema import JobRecord, JobState, StudyRecord, utc_now
 
 

@@ -14,6 +14,7 @@ from alembic.command import downgrade
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from dicomnode.index.db import alembic_config, make_engine, upgrade_database
 from dicomnode.index.schema import Base
@@ -105,3 +106,94 @@ def test_downgrade_to_base_removes_the_schema_and_upgrade_rebuilds_it(database_u
 
     assert_matches_metadata(database_url)
     assert stamped_revisions(database_url) == [head_revision(database_url)]
+
+
+def insert_routed_delivery(connection: Connection, claimed_by: str | None, run_after: str) -> None:
+    """One instance (with its study and series) and one pending delivery of it, at 0004."""
+    connection.execute(
+        text(
+            "INSERT INTO studies (id, study_instance_uid, state, version, first_received_at,"
+            " last_received_at) VALUES (1, '1.2.3', 'stable', 1, :t, :t)"
+        ),
+        {"t": "2026-12-01 08:00:00"},
+    )
+    connection.execute(
+        text("INSERT INTO series (id, study_id, series_instance_uid) VALUES (1, 1, '1.2.3.4')")
+    )
+    connection.execute(
+        text(
+            "INSERT INTO instances (id, series_id, sop_instance_uid, sop_class_uid,"
+            " transfer_syntax_uid, number_of_frames, size_bytes, sha256, path, calling_ae,"
+            " received_at) VALUES (1, 1, '1.2.3.4.5', '1.2', '1.2.840.10008.1.2.1', 1, 10,"
+            " 'ab', 'instances/x.dcm', 'CT', :t)"
+        ),
+        {"t": "2026-12-01 08:00:00"},
+    )
+    connection.execute(
+        text(
+            "INSERT INTO deliveries (id, instance_id, route, peer, state, attempts, run_after,"
+            " claimed_by, created_at) VALUES (1, 1, 'all', 'archive', 'pending', 1, :run_after,"
+            " :claimed_by, :t)"
+        ),
+        {"run_after": run_after, "claimed_by": claimed_by, "t": "2026-12-01 08:00:00"},
+    )
+    connection.commit()
+
+
+def delivery_columns(url: str, *names: str) -> tuple[Any, ...]:
+    with connected(url) as connection:
+        row = connection.execute(text(f"SELECT {', '.join(names)} FROM deliveries")).one()
+        return tuple(str(value) if value is not None else None for value in row)
+
+
+def test_0005_moves_a_held_delivery_claim_into_the_lease_columns_and_back(
+    database_url: str,
+) -> None:
+    upgrade_database(database_url, "0004")
+    with connected(database_url) as connection:
+        insert_routed_delivery(connection, "host:1:send", "2026-12-01 08:10:00")
+
+    upgrade_database(database_url, "0005")
+
+    assert delivery_columns(database_url, "lease_owner", "lease_expires_at", "run_after") == (
+        "host:1:send", "2026-12-01 08:10:00", "2026-12-01 08:10:00",
+    )  # fmt: skip
+    with connected(database_url) as connection:  # a later claim: the lease outlasts the backoff
+        connection.execute(text("UPDATE deliveries SET lease_expires_at = '2026-12-01 09:00:00'"))
+        connection.commit()
+
+    downgrade(alembic_config(database_url), "0004")
+
+    assert delivery_columns(database_url, "claimed_by", "run_after") == (
+        "host:1:send", "2026-12-01 09:00:00",
+    )  # fmt: skip
+    with connected(database_url) as connection:
+        assert "lease_owner" not in {
+            c["name"] for c in inspect(connection).get_columns("deliveries")
+        }
+
+
+def test_0005_leaves_an_unclaimed_delivery_unleased(database_url: str) -> None:
+    upgrade_database(database_url, "0004")
+    with connected(database_url) as connection:
+        insert_routed_delivery(connection, None, "2026-12-01 08:10:00")
+
+    upgrade_database(database_url, "0005")
+
+    assert delivery_columns(database_url, "lease_owner", "lease_expires_at") == (None, None)
+    downgrade(alembic_config(database_url), "0004")
+    assert delivery_columns(database_url, "claimed_by", "run_after") == (
+        None, "2026-12-01 08:10:00",
+    )  # fmt: skip
+
+
+def test_0005_keeps_the_one_item_check_of_deliveries(database_url: str) -> None:
+    upgrade_database(database_url)
+    with connected(database_url) as connection, pytest.raises(IntegrityError):
+        connection.execute(
+            text(
+                "INSERT INTO deliveries (peer, state, attempts, run_after, created_at)"
+                " VALUES ('archive', 'pending', 0, :t, :t)"
+            ),
+            {"t": "2026-12-01 08:00:00"},
+        )

@@ -216,7 +216,7 @@ def test_same_uid_with_different_bytes_replaces_and_keeps_the_old_copy(
     assert send_file(node.port, write(tmp_path, encode(second), "b.dcm")) == Status.SUCCESS
     stored = stored_path(node, first.SOPInstanceUID)
     assert dataset_bytes(stored) == dataset_bytes(encode(second))
-    kept = list((node.data_dir / "superseded").glob(f"{first.SOPInstanceUID}.*.dcm"))
+    kept = list((node.data_dir / "superseded").rglob(f"{first.SOPInstanceUID}.*.dcm"))
     assert [sha256_file(p) for p in kept] == [old_hash]
     assert "instance_replaced" in node.log_text()
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from dicomnode.config import PeerSettings, SendSettings
-from dicomnode.index.jobs import backoff_seconds
+from dicomnode.index.leases import backoff_seconds
 from dicomnode.send.scu import StoreOutcome, classify_status
 
 
