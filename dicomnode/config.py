@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomnode.errors import ConfigError
+from dicomnode.rules import MatchValue, compile_match
 
 __all__ = [
     "ModelsSettings",
@@ -48,8 +49,6 @@ __all__ = [
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-MatchValue = str | int | float | list[str | int | float]
 
 
 class _Section(BaseModel):
@@ -222,9 +221,7 @@ def _resolve_peer_files(peer: PeerSettings, resolve: Callable[[str], Path]) -> P
 
 
 def _check_match(match: dict[str, MatchValue]) -> dict[str, MatchValue]:
-    # The rule language lives in one place; compiling it here stops a bad rule at start.
-    from dicomnode.schedule.rules import compile_match
-
+    # Compiling the rule here stops a bad rule at start, naming the file and the key.
     compile_match(match)
     return match
 

@@ -33,6 +33,9 @@ from functools import lru_cache
 from pydicom.charset import decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+# The vocabulary of the rule language is what the index records: one policy, kept there.
+from dicomnode.rules import UNRECORDED_VRS, unrecorded_reason
+
 __all__ = [
     "MAX_RECORDED_BYTES",
     "RawAttributes",
@@ -44,13 +47,6 @@ __all__ = [
 
 #: Longer values are not recorded (a rule on them matches nothing).
 MAX_RECORDED_BYTES = 1024
-#: Patient-module attributes that identify nobody; the rest of group 0010 is not kept.
-_PATIENT_KEPT = frozenset({"PatientSex", "PatientAge", "PatientSize", "PatientWeight"})
-_NOT_RECORDED_VRS = {
-    "SQ": "a sequence",
-    "PN": "a person name",
-    **dict.fromkeys(("OB", "OW", "OF", "OD", "OL", "OV", "UN", "AT"), "binary data"),
-}
 #: Text VRs whose value may hold several values separated by backslashes (PS3.5 6.4).
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 #: Text VRs in the dataset's character set; the others are ASCII (PS3.5 6.1.2.3).
@@ -81,26 +77,6 @@ def image_plane(orientation: object) -> str | None:
     return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
 
 
-def _reason(keyword: str, vr: str) -> str | None:
-    tag = tag_for_keyword(keyword)
-    if tag is not None and tag >> 16 == 0x0010 and keyword not in _PATIENT_KEPT:
-        return "patient data"
-    # "OB or OW" (Pixel Data): not recorded when no alternative would be.
-    reasons = {_NOT_RECORDED_VRS.get(alternative) for alternative in vr.split(" or ")}
-    return reasons.pop() if len(reasons) == 1 else None
-
-
-def unrecorded_reason(keyword: str) -> str | None:
-    """Why the index does not record ``keyword``, or None when it does (or is unknown).
-
-    Examples: ``"patient data"`` for PatientName, ``"a sequence"`` for
-    ReferencedImageSequence.
-    """
-    if tag_for_keyword(keyword) is None:
-        return None
-    return _reason(keyword, str(dictionary_VR(keyword)))
-
-
 @lru_cache(maxsize=8192)
 def recorded_tag(tag: int) -> tuple[str, str] | None:
     """(keyword, dictionary VR) of a tag the index records; None for any other tag."""
@@ -114,7 +90,7 @@ def recorded_tag(tag: int) -> tuple[str, str] | None:
     vr = str(dictionary_VR(tag))
     if " or " in vr:  # e.g. "US or SS": resolved only by the wire VR
         vr = ""
-    return None if _reason(keyword, vr) else (keyword, vr)
+    return None if unrecorded_reason(keyword, vr) else (keyword, vr)
 
 
 def _number(value: int | float) -> int | float | str:
@@ -181,7 +157,7 @@ class RawAttributes:
             # pydicom does (``config.replace_un_with_known_vr``).
             if wire_vr and wire_vr != b"UN":
                 vr = wire_vr.decode("ascii")
-            if not vr or vr in _NOT_RECORDED_VRS:
+            if not vr or vr in UNRECORDED_VRS:
                 continue
             value = _decode(vr, raw, self.little_endian, encodings)
             if value is not None:
