@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from dicomnode.index.deliveries import DeliverySummary
     from dicomnode.index.jobs import JobSummary
-    from dicomnode.index.queries import StudySummary
+    from dicomnode.index.studies import StudySummary
 
 __all__ = ["deliveries", "jobs", "studies"]
 
@@ -220,7 +220,7 @@ def studies(ctx: click.Context, limit: int) -> None:
     """List the studies in the index (most recent first)."""
     settings = settings_of(ctx)
     start_logging(ctx)
-    from dicomnode.index.queries import list_studies
+    from dicomnode.index.studies import list_studies
 
     with index_session(settings) as session:
         rows = list_studies(session, limit)

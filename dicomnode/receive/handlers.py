@@ -17,7 +17,7 @@ from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import DicomnodeError, StorageError
-from dicomnode.index.queries import close_association, open_association
+from dicomnode.index.associations import close_association, open_association
 from dicomnode.index.schema import utc_now
 from dicomnode.receive._patches import tune_association
 from dicomnode.receive.ingest import Ingest
