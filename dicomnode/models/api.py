@@ -10,6 +10,12 @@ findings with measurements and image regions. A study it cannot process raises
 :class:`NotApplicable` with the reason; that ends the job as ``not_applicable``,
 which is not an error.
 
+The result types (:class:`Volume`, :class:`ModelResult`, :class:`Finding`,
+:class:`Region`, :class:`SegmentLabel`, :class:`ClassLabel`, :class:`Code`) live in
+:mod:`dicomnode.kernel`, shared with the output builders; they are re-exported here so
+that a model author imports everything from this one module, as models written
+before the kernel existed do.
+
 Models have no I/O of their own: they never read DICOM or the index. Weights are
 loaded once when the model is built and stay loaded between jobs.
 """
@@ -18,14 +24,15 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
+from dicomnode.kernel import ClassLabel, Code, Finding, ModelResult, Region, SegmentLabel, Volume
+from dicomnode.rules import Match, compile_condition
 
 __all__ = [
+    "RULE_KEYS",
     "ClassLabel",
     "Code",
     "Finding",
@@ -47,52 +54,6 @@ class NotApplicable(Exception):
     """The model does not apply to this study; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Code:
-    """A coded concept (PS3.3 Code Sequence Macro): value, scheme and meaning.
-
-    ``scheme`` is a Coding Scheme Designator such as ``SCT`` (SNOMED CT) or ``DCM``.
-    """
-
-    value: str
-    scheme: str
-    meaning: str
-
-    def __post_init__(self) -> None:
-        for name in ("value", "scheme", "meaning"):
-            text = getattr(self, name)
-            if not text or len(text) > 64:
-                raise ValueError(f"Code.{name} must have 1 to 64 characters, got {text!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentLabel:
-    """One segment a model draws (becomes a SEG segment).
-
-    Attributes
-    ----------
-    number
-        Segment number, 1 for the first label; masks are ordered by it.
-    name
-        Short label, e.g. ``lesion``.
-    category, type
-        Segmented Property Category and Type codes (PS3.16 CID 7150 / 7151).
-    """
-
-    number: int
-    name: str
-    category: Code
-    type: Code
-
-
-@dataclass(frozen=True, slots=True)
-class ClassLabel:
-    """One class a model scores, e.g. ``suspicious`` with its finding code."""
-
-    name: str
-    code: Code
-
-
 class Preference(enum.StrEnum):
     """How to choose among several series that fit one view, in the order given."""
 
@@ -101,17 +62,53 @@ class Preference(enum.StrEnum):
     LATEST = "latest"  # most recently received first
 
 
-def _upper(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(v.upper() for v in values)
+#: The attribute each any-of field of a :class:`SeriesRule` reads, as a key of the rule
+#: language. A candidate's ImageLaterality falls back to Laterality (see
+#: :mod:`dicomnode.worker.views`).
+RULE_KEYS: Mapping[str, str] = {
+    "modality": "Modality",
+    "laterality": "ImageLaterality",
+    "view_position": "ViewPosition",
+    "image_plane": "ImagePlane",
+    "body_part": "BodyPartExamined",
+}
+
+
+def _description_items(pattern: str) -> list[str]:
+    """A description expression as items of the language, meaning what it always meant.
+
+    A SeriesRule searched its expression in the description, a missing one read as
+    empty text; in the language a missing attribute matches only the item ``""``, so
+    an expression that finds empty text (``"^(?!.*scout)"``) brings that item along.
+    """
+    pattern = pattern.removeprefix("re:")
+    try:
+        finds_empty = re.search(pattern, "", re.IGNORECASE) is not None
+    except re.error:
+        finds_empty = False  # compile_condition refuses it, naming the key
+    return [f"re:{pattern}", ""] if finds_empty else [f"re:{pattern}"]
 
 
 @dataclass(frozen=True, slots=True)
 class SeriesRule:
-    """Which series may fill a view. Empty fields match anything.
+    """Which series may fill a view: a rule of the one rule language, compiled.
 
-    Every non-empty field must match: a tuple means any of its values (compared
-    case-insensitively); ``series_description`` is a regular expression searched
-    case-insensitively; ``image_type`` lists values ImageType must all contain.
+    Each non-empty field becomes a condition of :mod:`dicomnode.rules` on one attribute
+    (:data:`RULE_KEYS`), and every condition must hold; empty fields match anything.
+    Values read as in a pipeline's ``match`` table: a tuple means any of its items,
+    text matches case-insensitively, ``"re:..."`` is a regular expression, ``">=2"``
+    compares numbers, ``""`` matches a missing attribute, and a multi-valued attribute
+    matches when any of its values does.
+
+    Three fields read differently from a ``match`` table, so that the rules of existing
+    models and manifests keep their meaning (``docs/models.md`` sets them side by side):
+
+    * ``series_description`` is always a regular expression, searched
+      case-insensitively (a ``re:`` prefix is allowed), and a missing description is
+      searched as empty text;
+    * ``image_type`` lists values ImageType must *all* contain: one condition per value,
+      where ``ImageType = ["A", "B"]`` in a ``match`` table is any of them;
+    * ``min_instances`` counts the candidate's frames, which is no header attribute.
 
     Attributes
     ----------
@@ -125,6 +122,8 @@ class SeriesRule:
         Values ImageType must contain, e.g. ``("ORIGINAL",)``.
     min_instances
         Fewest frames (instances times frames) the series must have.
+    match
+        The compiled conditions (derived from the fields, not an argument).
     """
 
     modality: tuple[str, ...] = ()
@@ -135,20 +134,33 @@ class SeriesRule:
     series_description: str | None = None
     image_type: tuple[str, ...] = ()
     min_instances: int = 1
+    match: Match = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("modality", "laterality", "view_position", "image_plane", "body_part"):
-            object.__setattr__(self, name, _upper(getattr(self, name)))
-        object.__setattr__(self, "image_type", _upper(self.image_type))
-        if self.series_description is not None:
-            try:
-                re.compile(self.series_description)
-            except re.error as exc:
-                raise ValueError(
-                    f"SeriesRule.series_description is not a regular expression: {exc}"
-                ) from None
         if self.min_instances < 1:
             raise ValueError(f"SeriesRule.min_instances must be >= 1, got {self.min_instances}")
+        conditions = []
+        for name, key, value in self._conditions():
+            try:
+                conditions.append(compile_condition(key, value))
+            except ValueError as exc:
+                raise ValueError(f"SeriesRule.{name}: {exc}") from None
+        object.__setattr__(self, "match", Match(tuple(conditions)))
+
+    def _conditions(self) -> Iterator[tuple[str, str, object]]:
+        """(field, key, value) of each condition, in field order."""
+        for name in (*RULE_KEYS, "image_type"):
+            if isinstance(getattr(self, name), str):
+                # A bare string would silently become a tuple of its letters.
+                raise ValueError(f"SeriesRule.{name} must be a tuple of strings, not a string")
+        for name, key in RULE_KEYS.items():
+            if values := getattr(self, name):
+                yield name, key, list(values)
+        if self.series_description is not None:
+            items = _description_items(self.series_description)
+            yield "series_description", "SeriesDescription", items
+        for value in self.image_type:
+            yield "image_type", "ImageType", value
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,67 +175,6 @@ class ViewSpec:
         Preference.MOST_INSTANCES,
         Preference.LATEST,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Volume:
-    """A series (or one image) as an array with its patient geometry.
-
-    Attributes
-    ----------
-    array
-        ``float32`` array (slices, rows, columns), rescale slope/intercept applied
-        (Hounsfield units for CT). A single 2D image has one slice. Colour images
-        are converted to luminance.
-    spacing
-        (between slices, between rows, between columns), millimetres. The first is
-        the slice spacing along the normal (SliceThickness, or 1.0 for one image).
-    origin
-        ImagePositionPatient of the first slice, or (0, 0, 0) when the image has none
-        (projection radiography).
-    orientation
-        ImageOrientationPatient (row direction then column direction).
-    sop_instance_uids, frame_numbers
-        Per slice: the source instance and its 1-based frame number, so masks on
-        this grid can be referenced back to the source images.
-    series_instance_uid, frame_of_reference_uid
-        Source series and its Frame of Reference (None when the header has none).
-    """
-
-    array: npt.NDArray[np.float32]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    orientation: tuple[float, float, float, float, float, float]
-    sop_instance_uids: tuple[str, ...]
-    frame_numbers: tuple[int, ...]
-    series_instance_uid: str
-    frame_of_reference_uid: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.array.ndim != 3:
-            raise ValueError(
-                f"Volume.array must be 3D (slices, rows, columns), got {self.array.ndim}D"
-            )
-        slices = self.array.shape[0]
-        if len(self.sop_instance_uids) != slices or len(self.frame_numbers) != slices:
-            raise ValueError(
-                "Volume.sop_instance_uids and frame_numbers need one entry per slice "
-                f"({slices}), got {len(self.sop_instance_uids)} and {len(self.frame_numbers)}"
-            )
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(slices, rows, columns)."""
-        s, r, c = self.array.shape
-        return int(s), int(r), int(c)
-
-    @property
-    def normal(self) -> npt.NDArray[np.float64]:
-        """Unit slice normal, row direction x column direction."""
-        row = np.asarray(self.orientation[:3], dtype=np.float64)
-        col = np.asarray(self.orientation[3:], dtype=np.float64)
-        n = np.cross(row, col)
-        return n / np.linalg.norm(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,108 +201,6 @@ class StudyViews:
     views: Mapping[str, View]
     missing: tuple[str, ...] = ()
     options: Mapping[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Region:
-    """An image region: a box on one slice of one view, in pixel coordinates.
-
-    ``row0, column0`` is the top-left pixel, ``row1, column1`` one past the
-    bottom-right, as in numpy slicing.
-    """
-
-    view: str
-    slice_index: int
-    row0: int
-    column0: int
-    row1: int
-    column1: int
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One finding: a coded concept, its probability, measurements and where it is.
-
-    Attributes
-    ----------
-    code
-        What was found (e.g. SCT "Mass").
-    probability
-        Model's probability for it, 0 to 1.
-    laterality
-        ``L``/``R`` for a finding in one breast or lung, else None.
-    views
-        Names of the views the finding was made on (every view for a study-level
-        multi-view classification).
-    segment_number
-        The :class:`SegmentLabel` number whose mask holds this finding, if any.
-    measurements
-        Name -> (value, UCUM unit), e.g. ``{"volume": (523.6, "mm3")}``.
-    regions
-        Boxes locating the finding.
-    """
-
-    code: Code
-    probability: float
-    laterality: str | None = None
-    views: tuple[str, ...] = ()
-    segment_number: int | None = None
-    measurements: Mapping[str, tuple[float, str]] = field(default_factory=dict)
-    regions: tuple[Region, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"Finding.probability must be in [0, 1], got {self.probability}")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelResult:
-    """What a model found in one study.
-
-    Attributes
-    ----------
-    masks
-        View name -> boolean array (labels, slices, rows, columns) on that view's
-        source grid, one plane per :class:`SegmentLabel` in ``Model.labels`` order.
-    probabilities
-        Class name -> probability, at study level (``Model.classes``), plus any
-        per-laterality entries a model documents (e.g. ``L:suspicious``).
-    findings
-        Coded findings with measurements and regions.
-    summary
-        Any further JSON-able values the job record should keep.
-    """
-
-    masks: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
-    probabilities: Mapping[str, float] = field(default_factory=dict)
-    findings: tuple[Finding, ...] = ()
-    summary: Mapping[str, object] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, object]:
-        """The result without its masks (those are stored as files), as JSON values."""
-        return {
-            "probabilities": {k: round(float(v), 6) for k, v in self.probabilities.items()},
-            "findings": [_finding_json(f) for f in self.findings],
-            "masks": {
-                view: {"shape": list(mask.shape), "voxels": [int(m.sum()) for m in mask]}
-                for view, mask in self.masks.items()
-            },
-            **dict(self.summary),
-        }
-
-
-def _finding_json(finding: Finding) -> dict[str, object]:
-    return {
-        "code": [finding.code.value, finding.code.scheme, finding.code.meaning],
-        "probability": round(float(finding.probability), 6),
-        "laterality": finding.laterality,
-        "views": list(finding.views),
-        "segment_number": finding.segment_number,
-        "measurements": {k: [round(float(v), 3), u] for k, (v, u) in finding.measurements.items()},
-        "regions": [
-            [r.view, r.slice_index, r.row0, r.column0, r.row1, r.column1] for r in finding.regions
-        ],
-    }
 
 
 @runtime_checkable

@@ -39,6 +39,13 @@ Example (``lesions.toml`` beside ``lesions.pt``)::
     category = ["49755003", "SCT", "Morphologically Abnormal Structure"]
     type = ["52988006", "SCT", "Lesion"]
 
+Each ``[[views]]`` table holds a ``name``, ``required`` (default true) and the fields
+of a :class:`~dicomnode.models.api.SeriesRule` (``modality``, ``laterality``,
+``view_position``, ``image_plane``, ``body_part``, ``series_description``,
+``image_type``, ``min_instances``), which SeriesRule checks and compiles: they read
+the rule language of :mod:`dicomnode.rules` exactly as a model written in Python does
+(``modality = ["DX", "re:^C"]``, ``series_description = "t1"``).
+
 A bad manifest raises :class:`ValueError` naming the file and the key.
 """
 
@@ -48,11 +55,11 @@ import tomllib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dicomnode.models.api import (
     ClassLabel,
@@ -75,16 +82,22 @@ class _Strict(BaseModel):
 
 
 class _View(_Strict):
+    """A ``[[views]]`` table: name, required, and the SeriesRule fields beside them."""
+
     name: Annotated[str, Field(min_length=1)]
     required: bool = True
-    modality: tuple[str, ...] = ()
-    laterality: tuple[str, ...] = ()
-    view_position: tuple[str, ...] = ()
-    image_plane: tuple[str, ...] = ()
-    body_part: tuple[str, ...] = ()
-    series_description: str | None = None
-    image_type: tuple[str, ...] = ()
-    min_instances: Annotated[int, Field(ge=1)] = 1
+    rule: SeriesRule
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_rule(cls, data: Any) -> Any:
+        # The rule's fields sit in the view's table; SeriesRule itself checks them, so
+        # a manifest reads the rule language exactly as a model written in Python does.
+        if not isinstance(data, dict):
+            return data
+        own = {key: value for key, value in data.items() if key in {"name", "required"}}
+        rule = {key: value for key, value in data.items() if key not in own}
+        return {**own, "rule": rule}
 
 
 class _Preprocess(_Strict):
@@ -126,7 +139,10 @@ def _parse(path: Path) -> _Manifest:
         raise ValueError(f"{path}: not TOML: {exc}") from None
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
+        loc = list(error["loc"])
+        if loc[:1] == ["views"] and loc[2:3] == ["rule"]:
+            del loc[2]  # the rule's fields are keys of the view's own table
+        key = ".".join(str(p) for p in loc)
         raise ValueError(f"{path}: {key}: {error['msg']}") from None
     if manifest.task == "segmentation" and (len(manifest.views) != 1 or not manifest.labels):
         raise ValueError(f"{path}: a segmentation model needs exactly one view and >= 1 label")
@@ -181,10 +197,7 @@ class ManifestModel:
         self.name = manifest.name
         self.version = manifest.version
         self.description = manifest.description or f"model file {manifest.file.name}"
-        self.views = tuple(
-            ViewSpec(v.name, SeriesRule(**v.model_dump(exclude={"name", "required"})), v.required)
-            for v in manifest.views
-        )
+        self.views = tuple(ViewSpec(v.name, v.rule, v.required) for v in manifest.views)
         self.labels = tuple(
             SegmentLabel(i, lb.name, _code(lb.category), _code(lb.type))
             for i, lb in enumerate(manifest.labels, start=1)

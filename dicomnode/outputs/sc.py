@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomnode.models.api import SegmentLabel, Volume
+from dicomnode.kernel import SegmentLabel, Volume
 from dicomnode.outputs.identity import MANUFACTURER, SERIES_NUMBERS, Producer
 from dicomnode.outputs.identity import series_description as describe_series
 from dicomnode.outputs.seg import check_masks, check_series_number

@@ -3,7 +3,7 @@
 One BINARY Segmentation per source series (PS3.3 A.51): a CT series (single-frame
 instances or one enhanced multi-frame instance) or one projection image (MG, DX, CR).
 Mask slice ``k`` lies on ``volume.sop_instance_uids[k]`` / ``volume.frame_numbers[k]``
-(:class:`~dicomnode.models.api.Volume`), so the sources are reordered to follow the
+(:class:`~dicomnode.kernel.Volume`), so the sources are reordered to follow the
 volume. Frames where a segment is empty are omitted (highdicom ``omit_empty_frames``),
 and the segments are AUTOMATIC, identified by the model's name and version with the
 algorithm family "Artificial Intelligence".
@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicomnode.models.api import Code, SegmentLabel, Volume
+from dicomnode.kernel import Code, SegmentLabel, Volume
 from dicomnode.outputs.identity import (
     MANUFACTURER,
     SERIES_NUMBERS,

@@ -55,7 +55,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as SrCode
 
-from dicomnode.models.api import (
+from dicomnode.kernel import (
     ClassLabel,
     Code,
     Finding,

@@ -39,7 +39,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
 
-from dicomnode.models.api import Volume
+from dicomnode.kernel import Volume
 
 __all__ = ["ValidationReport", "validate_output"]
 

@@ -2,7 +2,7 @@
 
 A synthetic study's labels (the lesions of :mod:`dicomnode.synth.ct`, the findings of
 a mammography or chest radiograph phantom) become a BINARY Segmentation of the source
-images, one segment per :class:`~dicomnode.models.api.SegmentLabel`. ``dicomnode
+images, one segment per :class:`~dicomnode.kernel.SegmentLabel`. ``dicomnode
 train`` and the evaluation read it back with :func:`dicomnode.worker.labels.read_segments`.
 
 The SEG is deterministic: its Series and SOP Instance UIDs derive from the source
@@ -35,9 +35,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from dicomnode import __version__, uids
-from dicomnode.models.api import Code, SegmentLabel
+from dicomnode.kernel import Code, SegmentLabel
 from dicomnode.outputs.seg import check_source
-from dicomnode.worker.volumes import slice_order
+from dicomnode.volumes import slice_order
 
 __all__ = ["ALGORITHM_NAME", "build_truth_segmentation", "derive_uid"]
 
@@ -83,7 +83,7 @@ def build_truth_segmentation(
         multi-frame instance.
     masks
         ``bool`` array (labels, slices, rows, columns). Slices are in the order
-        :func:`dicomnode.worker.volumes.volume_from_datasets` stacks `sources`
+        :func:`dicomnode.volumes.volume_from_datasets` stacks `sources`
         (sorted along the slice normal; stored frame order for images without
         patient geometry), so masks drawn on that volume fit as they are.
     labels

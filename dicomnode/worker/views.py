@@ -5,7 +5,9 @@ position and image plane: some mammography systems put all four views in one ser
 others one view per series, and both must group the same way. Objects that are not
 images a model can read (SEG, SR, presentation states, ...) are never candidates.
 
-Each :class:`~dicomnode.models.api.ViewSpec` is filled, in the order the model
+A view's :class:`~dicomnode.models.api.SeriesRule` is a rule of the one rule language
+(:mod:`dicomnode.rules`), evaluated on :attr:`Candidate.attributes`. Each
+:class:`~dicomnode.models.api.ViewSpec` is filled, in the order the model
 declares them, by the best candidate its rule matches that no earlier view took; the
 view's preferences order the matches (ORIGINAL before DERIVED, most frames, latest
 received), and series number and UID break the remaining ties so the choice is
@@ -17,8 +19,7 @@ it needs, and what the study holds.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -65,6 +66,23 @@ class Candidate:
         parts += [v for v in (self.laterality, self.view_position, self.image_plane) if v]
         return f"{' '.join(parts)} ({self.frames} frames)"
 
+    @property
+    def attributes(self) -> Mapping[str, object]:
+        """What a :class:`~dicomnode.models.api.SeriesRule` reads, by rule-language key.
+
+        The values are the index's columns of the candidate's first image, so
+        ImageLaterality is ImageLaterality, else Laterality, as ingest records it.
+        """
+        return {
+            "Modality": self.modality,
+            "ImageLaterality": self.laterality,
+            "ViewPosition": self.view_position,
+            "ImagePlane": self.image_plane,
+            "BodyPartExamined": self.body_part_examined,
+            "SeriesDescription": self.series_description,
+            "ImageType": self.image_type,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ViewGroups:
@@ -110,27 +128,11 @@ def find_candidates(images: Iterable[StudyImage]) -> list[Candidate]:
     return out
 
 
-def _any_of(wanted: tuple[str, ...], value: str | None) -> bool:
-    return not wanted or (value is not None and value.strip().upper() in wanted)
-
-
 def rule_matches(rule: SeriesRule, candidate: Candidate) -> bool:
-    """Whether every non-empty field of ``rule`` matches the candidate."""
-    if not (
-        _any_of(rule.modality, candidate.modality)
-        and _any_of(rule.laterality, candidate.laterality)
-        and _any_of(rule.view_position, candidate.view_position)
-        and _any_of(rule.image_plane, candidate.image_plane)
-        and _any_of(rule.body_part, candidate.body_part_examined)
-    ):
-        return False
-    if rule.series_description is not None and not re.search(
-        rule.series_description, candidate.series_description or "", re.IGNORECASE
-    ):
-        return False
-    if any(value not in candidate.image_type for value in rule.image_type):
-        return False
-    return candidate.frames >= rule.min_instances
+    """Whether the candidate has the frames ``rule`` needs and meets all its conditions."""
+    return (
+        candidate.frames >= rule.min_instances and rule.match.evaluate(candidate.attributes).matched
+    )
 
 
 def _preference_key(prefer: Sequence[Preference], candidate: Candidate) -> tuple[object, ...]:
