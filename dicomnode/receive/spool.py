@@ -6,7 +6,9 @@ handler runs (memory stays flat whatever the instance size). Two things about th
 file matter to a durable store, so we replace the factory pynetdicom calls:
 
 * its folder must be on the same filesystem as the store, so the final rename is
-  atomic: ours is ``data_dir/spool``, found from the AE serving the association;
+  atomic: ours is the receiving process's folder under ``data_dir/spool``
+  (:meth:`~dicomnode.index.layout.DataLayout.spool_dir`), found from the AE serving
+  the association;
 * a failing ``write`` (disk full) would raise inside pynetdicom's DUL thread and
   abort the association; ours records the error and swallows the rest of the
   dataset so the handler can answer 0xA700 and remove the partial file.
