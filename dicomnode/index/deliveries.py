@@ -296,8 +296,8 @@ def mark_sent(
 ) -> bool:
     """Record that the peer kept the item (``warning``: its warning text) (commits).
 
-    Returns False when ``owner`` no longer holds the claim (its lease ended, or a rerun
-    queued the delivery again): the delivery then stays due.
+    Returns False when ``owner`` no longer holds the claim (its lease lapsed and another
+    sender took the delivery, or a rerun queued it again): the delivery then stays due.
     """
     return _finish(
         session, delivery_id, owner, state=DeliveryState.SENT, sent_at=utc_now(),
