@@ -2,7 +2,7 @@
 
 Besides the typed columns, the index keeps each series' *rule attributes*: the
 top-level attributes of one instance (the series' representative, see
-:mod:`dicomnode.index.queries`) as a JSON object keyed by DICOM keyword, so that
+:mod:`dicomnode.index.instances`) as a JSON object keyed by DICOM keyword, so that
 ``match`` rules are evaluated from the index alone and no stage re-reads a file to
 plan work. :class:`RawAttributes` builds that object from the raw element values the
 receiving stage's header walk collected; the ``rules test`` command runs the same

@@ -4,9 +4,8 @@ Import from the concept's module instead: :mod:`dicomnode.index.instances`,
 :mod:`dicomnode.index.studies`, :mod:`dicomnode.index.series` and
 :mod:`dicomnode.index.associations` (as :mod:`dicomnode.index.jobs` and
 :mod:`dicomnode.index.deliveries`). This module only re-exports, for the modules
-that still import from here (``cli.py``, ``worker/views.py``,
-``worker/training_data.py``, ``receive/handlers.py``, ``bench/job_queue.py``); delete
-it once they have moved.
+that still import from here (``worker/views.py``, ``worker/training_data.py``,
+``bench/job_queue.py``, ``tests/unit/test_views.py``); delete it once they have moved.
 """
 
 from __future__ import annotations
