@@ -17,8 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as sr_codes
 
 from dicomnode import __version__
-from dicomnode.models import codes
-from dicomnode.models.api import (
+from dicomnode.kernel import (
     ClassLabel,
     Finding,
     ModelResult,
@@ -26,6 +25,7 @@ from dicomnode.models.api import (
     SegmentLabel,
     Volume,
 )
+from dicomnode.models import codes
 from dicomnode.outputs.identity import device_uid, output_uid
 from dicomnode.outputs.sc import BANNER, banner_mask, build_overlay_capture, key_slices
 from dicomnode.outputs.seg import build_segmentation, segment_number_map
@@ -33,7 +33,7 @@ from dicomnode.outputs.sr import build_measurement_report
 from dicomnode.outputs.validate import ValidationReport, validate_output
 from dicomnode.synth.ct import build_ct_series, ct_phantom
 from dicomnode.synth.mg import MG_VIEWS, build_mg_study
-from dicomnode.worker.volumes import volume_from_datasets
+from dicomnode.volumes import volume_from_datasets
 
 SLICES, ROWS, COLUMNS, SEED = 20, 64, 64, 1
 JOB = "study-1.2.3@v1/pipeline-ct"

@@ -21,12 +21,12 @@ from pydicom.uid import (
 )
 
 from dicomnode.errors import VolumeError
+from dicomnode.kernel import Code, SegmentLabel, Volume
 from dicomnode.models import codes
-from dicomnode.models.api import Code, SegmentLabel, Volume
 from dicomnode.synth.ct import build_ct_series, ct_phantom, write_ct_series
 from dicomnode.synth.truth import ALGORITHM_NAME, build_truth_segmentation
+from dicomnode.volumes import load_volume, volume_from_datasets
 from dicomnode.worker.labels import read_segments
-from dicomnode.worker.volumes import load_volume, volume_from_datasets
 
 SLICES, ROWS, COLUMNS, SEED = 10, 64, 64, 1
 
