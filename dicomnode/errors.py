@@ -9,6 +9,7 @@ One root and one subclass per stage, so callers can catch a whole stage::
     │   ├── DatasetMismatchError   command and dataset UIDs differ   -> 0xA900
     │   └── StorageError           disk or database failure          -> 0xA700
     ├── IndexSchemaError       no index yet, or at another schema revision than the code's
+    ├── ForkedError            start-up work in a forked child failed (in dicomnode.forked)
     ├── VolumeError            a series' files do not make one volume
     └── SendError              a C-STORE to a peer failed
 
