@@ -53,7 +53,7 @@ import struct
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
@@ -77,6 +77,7 @@ __all__ = [
     "POLL_SECONDS",
     "WRITTEN_FOR",
     "Patch",
+    "Trace",
     "abort_pdu",
     "check_versions",
     "install",
@@ -87,6 +88,7 @@ __all__ = [
     "run_reactor_then_clean_up",
     "spool_factory",
     "store_response_bytes",
+    "trace_of",
     "tune_association",
     "wait_ready",
 ]
@@ -128,6 +130,52 @@ _original_factory = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defin
 _install_lock = threading.Lock()
 # A-ASSOCIATE-RQ PDUs the server read before pynetdicom took the connection.
 _prefetched: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Trace:
+    """What went through one association, for the record of an association that ends
+    badly (``association_trace``): which hand-off stopped when a sender timed out.
+
+    Counts PDUs read by the DUL thread, DIMSE messages decoded (DUL thread) and
+    taken (association thread), primitives the association thread queued for
+    sending, and PDUs sent (DUL thread), with the time of the last of each.
+    """
+
+    pdus_in: int = 0
+    last_pdu_type: int = 0
+    messages_decoded: int = 0
+    messages_taken: int = 0
+    primitives_queued: int = 0
+    pdus_out: int = 0
+    #: time.monotonic() of the last event of each kind.
+    at: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, what: str) -> None:
+        """Note that ``what`` just happened."""
+        self.at[what] = time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, and seconds since the last of each event, for a log record."""
+        now = time.monotonic()
+        ages = {f"{what}_ago_s": round(now - when, 3) for what, when in self.at.items()}
+        return {
+            "pdus_in": self.pdus_in, "last_pdu_type": self.last_pdu_type,
+            "messages_decoded": self.messages_decoded, "messages_taken": self.messages_taken,
+            "primitives_queued": self.primitives_queued, "pdus_out": self.pdus_out, **ages,
+        }  # fmt: skip
+
+
+_TRACE_ATTR = "dicomnode_trace"
+
+
+def trace_of(dul: Any) -> Trace:
+    """The :class:`Trace` of the association ``dul`` serves (made on first use)."""
+    trace: Trace | None = getattr(dul, _TRACE_ATTR, None)
+    if trace is None:
+        trace = Trace()
+        setattr(dul, _TRACE_ATTR, trace)
+    return trace
 
 
 @dataclass(frozen=True)
@@ -376,6 +424,10 @@ def read_pdu_bounded(self: Any) -> None:
     if len(body) != pdu_length:
         self.event_queue.put("Evt17")  # closed before the whole PDU arrived
         return
+    trace = trace_of(self)
+    trace.pdus_in += 1
+    trace.last_pdu_type = pdu_type
+    trace.mark("pdu_in")
     _decode_and_queue(self, header + body)
 
 
@@ -500,8 +552,12 @@ def tune_association(assoc: Any) -> None:
     provider_queue = dul.to_provider_queue
     put = provider_queue.put
 
+    trace = trace_of(dul)
+
     def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
         put(item, block, timeout)
+        trace.primitives_queued += 1
+        trace.mark("primitive_queued")
         try:
             writer.send(b"\0")
         except OSError:  # buffer full (a wake-up is pending anyway) or closed
@@ -514,18 +570,57 @@ def tune_association(assoc: Any) -> None:
     dimse = assoc.dimse
     get_msg = dimse.get_msg
     messages = dimse.msg_queue
+    put_message = messages.put
+
+    def put_message_counted(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put_message(item, block, timeout)
+        if item[1] is not None:  # (None, None) tells the thread the association ended
+            trace.messages_decoded += 1
+            trace.mark("message_decoded")
+
+    messages.put = put_message_counted
 
     def get_msg_waiting(block: bool = False) -> Any:
         if block:
-            return get_msg(block=True)
-        try:
-            return messages.get(timeout=MESSAGE_WAIT_SECONDS)
-        except queue.Empty:
-            return None, None
+            item = get_msg(block=True)
+        else:
+            try:
+                item = messages.get(timeout=MESSAGE_WAIT_SECONDS)
+            except queue.Empty:
+                return None, None
+        if item[1] is not None:
+            trace.messages_taken += 1
+            trace.mark("message_taken")
+        return item
+
+    # Bound per association: pynetdicom triggers EVT_ABORTED in the association
+    # thread once the abort is known, whichever thread saw it first.
+    assoc.bind(evt.EVT_ABORTED, _log_trace)
+
+    assoc_socket = dul.socket
+    send = assoc_socket.send
+
+    def send_counted(bytestream: bytes) -> None:
+        send(bytestream)
+        trace.pdus_out += 1
+        trace.mark("pdu_out")
+
+    assoc_socket.send = send_counted
 
     dimse.get_msg = get_msg_waiting
     dimse.send_msg = _direct_sender(assoc, dimse.send_msg)
     assoc._serve_request = _refusing_server(assoc, assoc._serve_request)
+
+
+def _log_trace(event: Any) -> None:
+    """Say how far each hand-off of an aborted association got (issue 10's stall:
+    which of read, decode, serve, queue and send stopped when a sender gave up)."""
+    assoc = event.assoc
+    logger.warning(
+        "association ended by an abort",
+        extra={"action": "association_trace", "peer": _peer_of(assoc),
+               **trace_of(assoc.dul).summary()},
+    )  # fmt: skip
 
 
 def _refusing_server(assoc: Any, serve_request: Any) -> Any:

@@ -260,3 +260,26 @@ def test_node_still_serves_after_every_probe(node: NodeProcess) -> None:
     assert _echo(node) < 5
     with socket.create_connection(("127.0.0.1", node.port), timeout=2):
         pass
+
+
+def test_an_aborted_association_leaves_a_trace_of_each_hand_off(node: NodeProcess) -> None:
+    """When a peer gives up (as a sender does after its DIMSE timeout), the node says
+    how far each hand-off got: PDUs read, messages decoded and served, PDUs sent."""
+    before = len(node.log_text())
+    with associate(node.port, source="127.0.4.1") as sock:
+        sock.sendall(p_data(3, 0x03, store_command("1.2.3.4.6")))
+        sock.sendall(p_data(3, 0x00, b"\x08\x00\x16\x00" + b"\0" * 100))  # dataset begun
+        sock.sendall(struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0, 0))  # A-ABORT
+        wait_closed(sock, 5)
+    deadline = time.monotonic() + 5
+    while "action=association_trace" not in node.log_text()[before:]:
+        assert time.monotonic() < deadline, node.log_text()[before:]
+        time.sleep(0.05)
+    (record,) = [
+        line for line in node.log_text()[before:].splitlines() if "action=association_trace" in line
+    ]
+    # Two P-DATA and the A-ABORT (the admission gate read the A-ASSOCIATE-RQ); the
+    # A-ASSOCIATE-AC out; the C-STORE never completed: no message decoded or served.
+    assert "pdus_in=3" in record and "last_pdu_type=7" in record and "pdus_out=1" in record
+    assert "messages_decoded=0" in record and "messages_taken=0" in record
+    assert "pdu_in_ago_s=" in record
