@@ -33,6 +33,7 @@ __all__ = [
     "ORPHAN_RECEIVER_EXIT_S",
     "drain_associations",
     "hide_pixel_libraries",
+    "show_pixel_libraries",
     "stop_event",
     "stop_with_parent",
 ]
@@ -135,3 +136,9 @@ def hide_pixel_libraries() -> None:
     """
     if "numpy" not in sys.modules:
         sys.modules["numpy"] = None  # type: ignore[assignment]  # "import numpy" fails
+
+
+def show_pixel_libraries() -> None:
+    """Undo :func:`hide_pixel_libraries` (in a forked child that needs numpy)."""
+    if "numpy" in sys.modules and sys.modules["numpy"] is None:
+        del sys.modules["numpy"]

@@ -22,6 +22,7 @@ from dicomnode.cli.process import (
     ORPHAN_RECEIVER_EXIT_S,
     drain_associations,
     hide_pixel_libraries,
+    show_pixel_libraries,
     stop_event,
     stop_with_parent,
 )
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run everything on this machine: SCP, scheduler and supervised workers."""
+    hide_pixel_libraries()  # before the settings: compiling rules imports pydicom
     settings = settings_of(ctx)
     start_logging(ctx, settings, to_file=True)
     _serve(ctx, settings, with_workers=True)
@@ -52,6 +54,7 @@ def run(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the SCP and the scheduler only; workers run elsewhere (`dicomnode worker`)."""
+    hide_pixel_libraries()  # before the settings: compiling rules imports pydicom
     settings = settings_of(ctx)
     start_logging(ctx, settings, to_file=True)
     _serve(ctx, settings, with_workers=False)
@@ -104,6 +107,7 @@ def _preflight(settings: Settings, node_pid: int) -> None:
     from dicomnode.worker.supervisor import die_with_node
 
     die_with_node(node_pid)  # a node killed mid-start leaves no migration running
+    show_pixel_libraries()  # the model check imports the models, which need numpy
 
     _check_models(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,6 @@ def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
         run_forked(_preflight, settings, os.getpid())  # keeps numpy, models, Alembic out
     except DicomnodeError as exc:
         raise click.ClickException(str(exc)) from exc
-    hide_pixel_libraries()
     from dicomnode.schedule.scheduler import build_scheduler
     from dicomnode.worker.supervisor import Supervisor
 
@@ -175,9 +178,9 @@ def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
 @click.pass_context
 def receive(ctx: click.Context, supervised: bool) -> None:
     """An extra receiving process (SCP + index writer) sharing the node's port."""
+    hide_pixel_libraries()  # before the settings: compiling rules imports pydicom
     settings = settings_of(ctx)
     start_logging(ctx, settings, to_file=not supervised)
-    hide_pixel_libraries()
     engine, _, ingest, server = _receiving(settings)
     # Until here SIGTERM, also the one the kernel sends when the node dies, ends us at
     # once: nothing has been received yet.

@@ -103,6 +103,23 @@ def test_serving_processes_run_without_numpy(node: NodeProcess, tmp_path: Path) 
         assert "numpy" not in mapped, f"process {pid} loaded numpy"
 
 
+@needs_dcmtk
+@pytest.mark.dcmtk
+def test_serving_processes_run_without_numpy_when_rules_are_configured(tmp_path: Path) -> None:
+    # Compiling [[pipelines]] and [[routes]] rules at start reads pydicom's data
+    # dictionary; pydicom must not drag numpy in with it.
+    rules = (
+        '[[pipelines]]\nname = "ct"\nmatch = { Modality = "CT" }\nmodel = "test-stats"\n'
+        '[[peers]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 9\n'
+        '[[routes]]\nname = "mr"\nmatch = { Modality = "re:^MR$" }\nsend_to = ["pacs"]\n'
+    )
+    with NodeProcess(tmp_path / "node", extra_toml=rules) as node:
+        send_file(node.port, write(tmp_path, encode(small_ct())))
+        for pid in node.serving_pids():
+            mapped = Path(f"/proc/{pid}/maps").read_text()
+            assert "numpy" not in mapped, f"process {pid} loaded numpy"
+
+
 def _open_sockets(pids: list[int]) -> int:
     count = 0
     for pid in pids:
