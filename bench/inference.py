@@ -7,7 +7,7 @@ Run by hand (not a pytest test)::
 A synthetic chest CT (``dicomnode.synth.ct``, seed 9001: never used in training) is
 written to a temporary folder first (not timed). Then, timed:
 
-``load``     ``dicomnode.worker.volumes.load_volume`` on the files (read, sort, rescale);
+``load``     ``dicomnode.volumes.load_volume`` on the files (read, sort, rescale);
 ``predict``  ``CtLesionSegModel.predict``: body crop, resampling to 1.4 mm, windows,
              slice batches under ``torch.inference_mode``, masks back on the source
              grid, lesion components and their measurements.
@@ -35,7 +35,7 @@ import torch
 from dicomnode.models.api import StudyViews, View
 from dicomnode.models.ct_lesion import CtLesionSegModel
 from dicomnode.synth.ct import ct_phantom, write_ct_series
-from dicomnode.worker.volumes import load_volume
+from dicomnode.volumes import load_volume
 
 SEED = 9001
 

@@ -24,7 +24,7 @@ from dicomnode.models.api import StudyViews, View
 from dicomnode.models.registry import load_model
 from dicomnode.synth.cxr import build_cxr_study
 from dicomnode.synth.mg import build_mg_study
-from dicomnode.worker.volumes import load_volume
+from dicomnode.volumes import load_volume
 
 
 def _time_study(model_name: str, images: dict[str, object], folder: Path, repeat: int) -> float:

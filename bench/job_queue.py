@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from dicomnode.index.db import make_engine, make_session_factory, upgrade_database  # noqa: E402
 from dicomnode.index.jobs import enqueue_job  # noqa: E402
-from dicomnode.index.queries import find_completed_studies  # noqa: E402
 from dicomnode.index.schema import (  # noqa: E402
     InstanceRecord,
     JobRecord,
@@ -45,6 +44,7 @@ from dicomnode.index.schema import (  # noqa: E402
     StudyState,
     utc_now,
 )
+from dicomnode.index.studies import find_completed_studies  # noqa: E402
 from tests.pg import PostgresServer, postgres_available  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from dicomnode.outputs.sr import build_measurement_report
 from dicomnode.outputs.validate import validate_output
 from dicomnode.synth.ct import build_ct_series, ct_phantom
 from dicomnode.synth.studies import CT_TRUTH_LABELS
-from dicomnode.worker.volumes import volume_from_datasets
+from dicomnode.volumes import volume_from_datasets
 
 
 class _Model:

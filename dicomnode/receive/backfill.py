@@ -1,7 +1,7 @@
 """Record the rule attributes of series indexed before revision 0004, from their files.
 
 Revision 0004 gave each series the rule attributes of its representative instance
-(:mod:`dicomnode.index.queries`), which ingest records from then on. Series indexed
+(:mod:`dicomnode.index.instances`), which ingest records from then on. Series indexed
 before have none (NULL), and a migration cannot read their files: it knows only the
 database, not the ``data_dir`` the instance paths are relative to. So the node runs
 :func:`backfill_series_attributes` at start-up, right after upgrading the schema

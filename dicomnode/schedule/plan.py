@@ -27,7 +27,8 @@ from dicomnode.index.deliveries import queue_route_deliveries
 from dicomnode.index.jobs import enqueue_job
 from dicomnode.index.series import series_rule_attributes
 from dicomnode.index.studies import StableStudy
-from dicomnode.schedule.rules import Match, compile_match, rule_attributes
+from dicomnode.rules import Match, compile_match
+from dicomnode.schedule.rules import rule_attributes
 
 __all__ = ["Plan", "compile_plan", "plan_study", "series_attributes"]
 

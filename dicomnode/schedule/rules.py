@@ -1,8 +1,8 @@
 """Rules as the scheduler evaluates them: on what the index recorded for each series.
 
 The language itself (keys, lists, ``re:``, comparisons, multi-valued attributes) is
-:mod:`dicomnode.rules`, shared with the settings and the models; its names are
-re-exported here for the scheduler's modules and the ``rules test`` command.
+:mod:`dicomnode.rules`, shared with the settings and the models; this module only
+says which attributes a rule sees.
 
 Rules are evaluated on the attributes the index recorded for each series at ingest
 (:mod:`dicomnode.index.attributes`: the top-level attributes of the series'
@@ -15,16 +15,8 @@ from __future__ import annotations
 import json
 
 from dicomnode.index.attributes import image_plane
-from dicomnode.rules import DERIVED_KEYS, KeyCheck, Match, MatchResult, compile_match
 
-__all__ = [
-    "DERIVED_KEYS",
-    "KeyCheck",
-    "Match",
-    "MatchResult",
-    "compile_match",
-    "rule_attributes",
-]
+__all__ = ["rule_attributes"]
 
 
 def rule_attributes(recorded: str | None, calling_ae: str | None = None) -> dict[str, object]:

@@ -28,10 +28,10 @@ from dicomnode.log import describe_error
 from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
+from dicomnode.volumes import load_volume
 from dicomnode.worker.publish import publish_result
 from dicomnode.worker.results import save_masks
 from dicomnode.worker.views import Candidate, find_candidates, group_views
-from dicomnode.worker.volumes import load_volume
 
 __all__ = ["Worker", "job_error"]
 

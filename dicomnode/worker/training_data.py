@@ -23,12 +23,12 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import VolumeError
 from dicomnode.index.attributes import image_plane
-from dicomnode.index.queries import StudyImage
+from dicomnode.index.instances import StudyImage
 from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.training import LabelledStudy, TruthSegment, patient_key
+from dicomnode.volumes import load_volume
 from dicomnode.worker.labels import read_segments
 from dicomnode.worker.views import find_candidates, group_views
-from dicomnode.worker.volumes import load_volume
 
 __all__ = ["FolderScan", "LoadReport", "load_labelled_studies", "scan_folder"]
 

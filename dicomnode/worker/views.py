@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dicomnode.index.queries import StudyImage
+from dicomnode.index.instances import StudyImage
 from dicomnode.models.api import NotApplicable, Preference, SeriesRule, ViewSpec
 
 __all__ = ["Candidate", "ViewGroups", "find_candidates", "group_views", "rule_matches"]

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from dicomnode.index.schema import DeliveryRecord, DeliveryState, JobRecord, JobState
 from dicomnode.synth.ct import build_ct_series
-from dicomnode.worker.volumes import volume_from_datasets
+from dicomnode.volumes import volume_from_datasets
 from tests.factories import encode
 from tests.model_files import write_threshold_segmenter
 from tests.nodeproc import NodeProcess, free_port

@@ -18,7 +18,7 @@ from pydicom import dcmread
 
 from dicomnode.synth.ct import build_ct_series, ct_phantom
 from dicomnode.synth.mg import build_mg_study
-from dicomnode.worker.volumes import volume_from_datasets
+from dicomnode.volumes import volume_from_datasets
 from tests.factories import encode
 from tests.nodeproc import NodeProcess, free_port
 from tests.orthanc import OrthancServer, require_orthanc

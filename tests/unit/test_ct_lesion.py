@@ -17,7 +17,7 @@ from dicomnode.models.ct_lesion import CtLesionSegModel, NetConfig, TrainingConf
 from dicomnode.models.training import LabelledStudy, Trainable, TruthSegment, patient_key
 from dicomnode.models.unet import AttentionGate, AttentionUNet, UNet, build_unet
 from dicomnode.synth.ct import CtPhantom, build_ct_series, ct_phantom
-from dicomnode.worker.volumes import volume_from_datasets
+from dicomnode.volumes import volume_from_datasets
 
 #: Never used to train the shipped weights (those used seeds 1000-1023 and 2000-2005).
 TEST_SEED = 4242

@@ -8,7 +8,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomnode.receive.inspect import inspect_instance
-from dicomnode.schedule.rules import compile_match, rule_attributes
+from dicomnode.rules import compile_match
+from dicomnode.schedule.rules import rule_attributes
 
 
 @pytest.mark.parametrize(

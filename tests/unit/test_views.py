@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dicomnode.index.queries import StudyImage
+from dicomnode.index.instances import StudyImage
 from dicomnode.models.api import NotApplicable, Preference, SeriesRule, ViewSpec
 from dicomnode.worker.views import find_candidates, group_views
 

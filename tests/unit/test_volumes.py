@@ -16,7 +16,7 @@ from pydicom.uid import EnhancedCTImageStorage, generate_uid
 
 from dicomnode.errors import VolumeError
 from dicomnode.synth.ct import SOFT_TISSUE_HU, build_ct_series, ct_phantom, write_ct_series
-from dicomnode.worker.volumes import load_volume, slice_order, split_volumes, volume_from_datasets
+from dicomnode.volumes import load_volume, slice_order, split_volumes, volume_from_datasets
 from tests.factories import short_pixel_data, truncated_pixel_data
 
 
