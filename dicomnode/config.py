@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomnode.errors import ConfigError
+from dicomnode.index.layout import DataLayout
 from dicomnode.rules import MatchValue, compile_match
 
 __all__ = [
@@ -328,7 +329,7 @@ class Settings(BaseSettings):
     def model_dirs(self) -> tuple[Path, ...]:
         """Folders with model manifests: ``[models] dirs`` (resolved like data_dir), then
         ``data_dir/models``."""
-        return (*(self.resolve(p) for p in self.models.dirs), self.data_dir / "models")
+        return (*(self.resolve(p) for p in self.models.dirs), DataLayout(self.data_dir).models)
 
     def tls_file(self, key: str) -> Path | None:
         """A ``[node] tls_*`` file resolved like ``data_dir``; None when not set."""
@@ -349,7 +350,7 @@ class Settings(BaseSettings):
         """The SQLAlchemy URL; an SQLite file in ``data_dir`` when none is set."""
         if self.node.database_url:
             return self.node.database_url
-        return f"sqlite:///{self.data_dir / 'dicomnode.sqlite'}"
+        return f"sqlite:///{DataLayout(self.data_dir).database}"
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from rich.table import Table
 from dicomnode import __version__
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError, IndexSchemaError
+from dicomnode.index.layout import DataLayout
 from dicomnode.log import configure_logging
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def start_logging(
 ) -> None:
     """Install the log handlers: stderr, and ``data_dir/logs`` when ``to_file``."""
     obj: dict[str, Any] = ctx.ensure_object(dict)
-    log_dir = settings.data_dir / "logs" if settings is not None and to_file else None
+    log_dir = DataLayout(settings.data_dir).logs if settings is not None and to_file else None
     configure_logging(obj.get("log_level", "INFO"), log_dir, _log_style(obj))
 
 

@@ -19,6 +19,9 @@ folder                  holds                                         per study
                         being received (:mod:`dicomnode.receive.spool`)
 ``quarantine/``         instance files the index did not know and     no
                         could not take (:mod:`dicomnode.receive.reconcile`)
+``scratch/``            one folder per start-up task that reads       no
+                        headers (backfill, reconcile), removed when
+                        it ends
 ``models/``             model manifests an operator drops in          no
 ``logs/``               the node's log files                          no
 ``dicomnode.sqlite``    the index, when no ``database_url`` is set    no
@@ -27,12 +30,17 @@ folder                  holds                                         per study
 :meth:`DataLayout.remove_study_files` deletes every per-study file of a study that
 retention deleted; the others are owned by their stage (the spool is emptied at
 start, quarantine is left to an administrator).
+
+This module imports nothing of ours (only the standard library), so that
+:mod:`dicomnode.config` may take the SQLite file and the models folder from it
+without importing the rest of the index (``tests/unit/test_import_rules.py``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +97,11 @@ class DataLayout:
         return self.root / "quarantine"
 
     @property
+    def scratch(self) -> Path:
+        """Start-up tasks' temporary folders (:meth:`scratch_dir`)."""
+        return self.root / "scratch"
+
+    @property
     def models(self) -> Path:
         """Model manifests searched after ``[models] dirs``."""
         return self.root / "models"
@@ -129,6 +142,21 @@ class DataLayout:
         """The spool folder of the receiving process ``pid``: a process cleaning its
         leftovers at start must not delete what another one is receiving."""
         return self.spool / str(pid)
+
+    def scratch_dir(self, task: str) -> tempfile.TemporaryDirectory[str]:
+        """A new temporary folder for ``task``, removed when its ``with`` block ends.
+
+        Headers read outside ingest are inflated here (deflated transfer syntax), on
+        the data folder's disk rather than the system temp folder, which may be small.
+
+        Parameters
+        ----------
+        task
+            What the folder is for (``backfill``, ``reconcile``): its name's prefix,
+            so a folder left by a crash says who left it.
+        """
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=f"{_component(task)}-", dir=self.scratch)
 
     def superseded_path(self, study_instance_uid: str, sop_instance_uid: str, sha256: str) -> Path:
         """Where the older copy (SHA-256 ``sha256``) of a re-sent instance is kept.

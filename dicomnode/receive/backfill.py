@@ -18,7 +18,6 @@ series that changed is read again in the next pass.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import InvalidDatasetError
 from dicomnode.index.db import make_engine, make_session_factory
+from dicomnode.index.layout import DataLayout
 from dicomnode.index.schema import InstanceRecord, SeriesRecord
 from dicomnode.receive.inspect import MAX_ELEMENTS, MAX_INFLATED_BYTES, inspect_instance
 
@@ -61,14 +61,14 @@ _RECORD = (
 class _Reader:
     """Reads headers as ingest does: the same walk under the same limits."""
 
-    data_dir: Path
+    layout: DataLayout
     scratch: Path
     max_inflated_bytes: int
     max_elements: int
 
     def attributes(self, legacy: _Legacy) -> str:
         """The representative's rule attributes; an empty object if the file is unusable."""
-        path = self.data_dir / legacy.path
+        path = self.layout.path(legacy.path)
         try:
             info = inspect_instance(path, self.scratch, self.max_inflated_bytes, self.max_elements)
         except (OSError, InvalidDatasetError) as exc:
@@ -172,8 +172,9 @@ def backfill_series_attributes(
         The limits ingest applies (``node.max_inflated_bytes``, ``node.max_elements``).
     """
     total = 0
-    with tempfile.TemporaryDirectory(prefix="backfill-", dir=data_dir) as scratch:
-        reader = _Reader(data_dir, Path(scratch), max_inflated_bytes, max_elements)
+    layout = DataLayout(data_dir)
+    with layout.scratch_dir("backfill") as scratch:
+        reader = _Reader(layout, Path(scratch), max_inflated_bytes, max_elements)
         for _ in range(MAX_PASSES):
             recorded, changed = _pass(session_factory, reader)
             total += recorded

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -75,7 +74,7 @@ def reconcile_instances(database_url: str, data_dir: Path) -> ReconcileReport:
             if layout.relative(path) not in known:
                 unknown.append(path)
         del known
-        with tempfile.TemporaryDirectory(dir=layout.root) as scratch:
+        with layout.scratch_dir("reconcile") as scratch:
             rows = []
             for path in unknown:
                 row = _row(path, layout, Path(scratch))

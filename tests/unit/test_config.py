@@ -8,6 +8,7 @@ import pytest
 
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError
+from dicomnode.index.layout import DataLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +47,13 @@ def test_data_dir_is_relative_to_the_settings_file(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "[node]\ndata_dir = 'store'\n"))
     assert settings.data_dir == (tmp_path / "store").resolve()
     assert settings.database_url == f"sqlite:///{(tmp_path / 'store').resolve()}/dicomnode.sqlite"
+
+
+def test_the_database_file_and_models_folder_come_from_the_layout(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[node]\ndata_dir = 'store'\n"))
+    layout = DataLayout(settings.data_dir)
+    assert settings.database_url == f"sqlite:///{layout.database}"
+    assert settings.model_dirs == (layout.models,)
 
 
 @pytest.mark.parametrize(

@@ -3,37 +3,42 @@
 Every module's imports are parsed with :mod:`ast`, those inside functions and under
 ``TYPE_CHECKING`` included, and each import of a ``dicomnode`` module is checked
 against the matrix below. A *unit* is a package under ``dicomnode`` or a top-level
-module; a unit may always import its own modules.
+module, or a module the matrix gives a row of its own (``index.layout``); a unit may
+always import its own modules.
 
-=============  ==============================================================
-unit           may import
-=============  ==============================================================
-``errors``     nothing of ours
-``uids``       nothing of ours
-``rules``      nothing of ours (the rule language: settings, schedule, models)
-``kernel``     nothing of ours (the types models, outputs and synth share)
-``log``        errors
-``forked``     errors, log
-``config``     errors, log, rules
-``index``      the neutral helpers: the root package (``__version__``), errors,
-               log, uids, forked, kernel, rules
-``models``     the neutral helpers (the only unit that imports torch)
-``outputs``    the neutral helpers
-``volumes``    the neutral helpers
-``synth``      the neutral helpers, models, outputs, volumes
-``receive``    the neutral helpers, config, index
-``schedule``   the neutral helpers, config, index
-``send``       the neutral helpers, config, index
-``web``        the neutral helpers, config, index
-``worker``     the neutral helpers, config, index, models, outputs, volumes
-``cli``        anything (it wires the stages together); ``__main__`` too, and
-               ``conformance``, which reads the stages to write their tables
-=============  ==============================================================
+================  ==============================================================
+unit              may import
+================  ==============================================================
+``errors``        nothing of ours
+``uids``          nothing of ours
+``rules``         nothing of ours (the rule language: settings, schedule, models)
+``kernel``        nothing of ours (the types models, outputs and synth share)
+``log``           errors
+``forked``        errors, log
+``config``        errors, log, rules, index.layout (the data folder's paths: the
+                  SQLite file and the models folder)
+``index.layout``  nothing of ours (only the standard library)
+``index``         the neutral helpers: the root package (``__version__``), errors,
+                  log, uids, forked, kernel, rules
+``models``        the neutral helpers (the only unit that imports torch)
+``outputs``       the neutral helpers
+``volumes``       the neutral helpers
+``synth``         the neutral helpers, models, outputs, volumes
+``receive``       the neutral helpers, config, index
+``schedule``      the neutral helpers, config, index
+``send``          the neutral helpers, config, index
+``web``           the neutral helpers, config, index
+``worker``        the neutral helpers, config, index, models, outputs, volumes
+``cli``           anything (it wires the stages together); ``__main__`` too, and
+                  ``conformance``, which reads the stages to write their tables
+================  ==============================================================
 
 So stages (receive, schedule, worker, send, web) talk only through ``index``, and
 never import one another; the libraries (models, outputs, volumes, synth) have no
 config and import no stage, so each runs and tests alone; ``index`` is the shared
-store and takes no config (callers pass plain values). The matrix is a layering:
+store and takes no config (callers pass plain values). ``config`` reads only the
+index's :class:`~dicomnode.index.layout.DataLayout`, which every path under
+``data_dir`` comes from, never its SQL. The matrix is a layering:
 :func:`test_the_matrix_is_a_layering` checks it has no cycle. A unit missing from it
 fails :func:`test_every_unit_is_in_the_matrix` until it is given a row.
 """
@@ -65,7 +70,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "kernel": frozenset(),
     "log": frozenset({"errors"}),
     "forked": frozenset({"errors", "log"}),
-    "config": frozenset({"errors", "log", "rules"}),
+    "config": frozenset({"errors", "log", "rules", "index.layout"}),
+    "index.layout": frozenset(),
     "index": NEUTRAL,
     "models": NEUTRAL,
     "outputs": NEUTRAL,
@@ -100,9 +106,17 @@ def module_name(path: Path) -> str:
 
 
 def unit_of(module: str) -> str:
-    """dicomnode.worker.views -> worker; dicomnode -> dicomnode."""
+    """dicomnode.worker.views -> worker; dicomnode -> dicomnode; a module with a row of
+    its own is its own unit (dicomnode.index.layout -> index.layout)."""
     parts = module.split(".")
+    if len(parts) > 2 and ".".join(parts[1:3]) in ALLOWED:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _package(unit: str) -> str:
+    """The package a unit belongs to: index.layout -> index."""
+    return unit.partition(".")[0]
 
 
 def is_module(name: str) -> bool:
@@ -146,7 +160,10 @@ def violations(found: list[Import]) -> list[str]:
             continue
         unit, target = unit_of(item.module), unit_of(item.target)
         allowed = ALLOWED.get(unit, frozenset())
-        if target == unit or "*" in allowed or target in allowed:
+        # A package's modules use its own module with a row (index -> index.layout);
+        # whoever may import a package may import any of its modules.
+        own = target == unit or (_package(target) == unit and "." in target)
+        if own or "*" in allowed or target in allowed or _package(target) in allowed:
             continue
         may = ", ".join(sorted(allowed)) or "nothing of ours"
         out.append(
@@ -185,6 +202,9 @@ def test_the_matrix_is_a_layering() -> None:
     for entry in entries:
         assert not any(entry in graph[unit] for unit in graph if unit not in entries)
         graph[entry] = set()
+    # A module with a row of its own is part of its package (index.layout in index).
+    for unit in [u for u in graph if "." in u]:
+        graph[_package(unit)] |= {unit}
     try:
         tuple(TopologicalSorter(graph).static_order())
     except CycleError as exc:  # pragma: no cover - fails the test with the cycle
@@ -204,7 +224,13 @@ def test_the_matrix_is_a_layering() -> None:
         ("dicomnode.index", "from .. import config\n", True,
          "dicomnode.index imports dicomnode.config (line 1): index may import"),
         ("dicomnode.config", "import dicomnode.schedule.rules\n", False,
-         "config may import errors, log, rules"),
+         "config may import errors, index.layout, log, rules"),
+        # config may take the data folder's paths from the index, not its SQL.
+        ("dicomnode.config", "from dicomnode.index.db import make_engine\n", False,
+         "dicomnode.config imports dicomnode.index.db (line 1): config may import"),
+        # The layout module config reads imports nothing of ours.
+        ("dicomnode.index.layout", "from dicomnode.index.durable import fsync_dir\n", False,
+         "dicomnode.index.layout imports dicomnode.index.durable (line 1)"),
     ],
 )  # fmt: skip
 def test_a_broken_rule_is_reported_naming_module_and_import(

@@ -31,12 +31,24 @@ def test_every_folder_lies_directly_under_data_dir(tmp_path: Path) -> None:
     layout = DataLayout(tmp_path)
     folders = [
         layout.instances, layout.spool, layout.superseded, layout.results,
-        layout.quarantine, layout.models, layout.logs,
+        layout.quarantine, layout.scratch, layout.models, layout.logs,
     ]  # fmt: skip
 
     assert [f.parent for f in folders] == [tmp_path] * len(folders)
     assert len({f.name for f in folders}) == len(folders)
     assert layout.database.parent == tmp_path
+
+
+def test_a_scratch_folder_is_named_by_its_task_and_removed_after_use(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+
+    with layout.scratch_dir("backfill") as name:
+        scratch = Path(name)
+        (scratch / "inflated").write_bytes(b"x")
+        assert scratch.parent == layout.scratch
+        assert scratch.name.startswith("backfill-")
+
+    assert list(layout.scratch.iterdir()) == []
 
 
 def test_job_files_lie_in_the_jobs_folder(tmp_path: Path) -> None:
