@@ -93,10 +93,9 @@ class JobState(enum.StrEnum):
 class DeliveryState(enum.StrEnum):
     """Where a delivery (one item to one peer) is."""
 
-    PENDING = "pending"
+    PENDING = "pending"  # due, or waiting out its retry backoff (retried without limit)
     SENT = "sent"
-    FAILED = "failed"  # a permanent refusal by the peer
-    DEAD = "dead"
+    FAILED = "failed"  # a permanent refusal by the peer, or an invalid output
 
 
 class OutputKind(enum.StrEnum):

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from dicomnode.index.db import alembic_config, make_engine, upgrade_database
-from dicomnode.index.schema import Base
+from dicomnode.index.schema import Base, DeliveryState
 
 
 @pytest.fixture(
@@ -197,3 +197,62 @@ def test_0005_keeps_the_one_item_check_of_deliveries(database_url: str) -> None:
             ),
             {"t": "2026-12-01 08:00:00"},
         )
+
+
+def delivery_state_values(url: str) -> list[str] | None:
+    """PostgreSQL's ``delivery_state`` labels in order; None on SQLite (a VARCHAR)."""
+    with connected(url) as connection:
+        if connection.dialect.name != "postgresql":
+            return None
+        rows = connection.execute(
+            text(
+                "SELECT enumlabel FROM pg_enum JOIN pg_type ON pg_enum.enumtypid = pg_type.oid"
+                " WHERE typname = 'delivery_state' ORDER BY enumsortorder"
+            )
+        )
+        return list(rows.scalars())
+
+
+def test_0006_drops_the_dead_delivery_state_and_the_downgrade_restores_it(
+    database_url: str,
+) -> None:
+    upgrade_database(database_url, "0004")
+    with connected(database_url) as connection:
+        insert_routed_delivery(connection, None, "2026-12-01 08:10:00")
+        connection.execute(text("UPDATE deliveries SET state = 'dead'"))
+        connection.commit()
+    upgrade_database(database_url, "0005")
+    sqlite = database_url.startswith("sqlite")
+
+    upgrade_database(database_url, "0006")
+
+    assert delivery_columns(database_url, "state") == ("failed",)  # the nearest state
+    assert delivery_state_values(database_url) == (
+        None if sqlite else [s.value for s in DeliveryState]
+    )
+    assert_matches_metadata(database_url)
+
+    downgrade(alembic_config(database_url), "0005")
+
+    assert delivery_state_values(database_url) == (
+        None if sqlite else ["pending", "sent", "failed", "dead"]
+    )
+    with connected(database_url) as connection:  # the value is usable again
+        connection.execute(text("UPDATE deliveries SET state = 'dead'"))
+        connection.commit()
+    assert delivery_columns(database_url, "state") == ("dead",)
+    with connected(database_url) as connection:
+        connection.execute(text("DELETE FROM deliveries"))
+        connection.commit()
+    upgrade_database(database_url)
+    assert_matches_metadata(database_url)
+
+
+def test_0006_keeps_the_deliveries_claim_index(database_url: str) -> None:
+    upgrade_database(database_url)
+
+    with connected(database_url) as connection:
+        indexes = {
+            ix["name"]: ix["column_names"] for ix in inspect(connection).get_indexes("deliveries")
+        }
+    assert indexes["ix_deliveries_state_run_after"] == ["state", "run_after"]
