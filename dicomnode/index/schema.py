@@ -95,7 +95,7 @@ class DeliveryState(enum.StrEnum):
 
     PENDING = "pending"  # due, or waiting out its retry backoff (retried without limit)
     SENT = "sent"
-    FAILED = "failed"  # a permanent refusal by the peer, or an invalid output
+    FAILED = "failed"  # refused for good by the peer, an unsendable file or an invalid output
 
 
 class OutputKind(enum.StrEnum):

@@ -32,38 +32,23 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID
 
-from dicomnode import __version__, uids
+from dicomnode import __version__
 from dicomnode.kernel import Code, SegmentLabel
 from dicomnode.outputs.seg import check_source
+from dicomnode.uids import derive_uid
 from dicomnode.volumes import slice_order
 
-__all__ = ["ALGORITHM_NAME", "build_truth_segmentation", "derive_uid"]
+__all__ = ["ALGORITHM_NAME", "build_truth_segmentation"]
 
 logger = logging.getLogger(__name__)
 
 #: Segmentation Algorithm Identification name of every ground-truth SEG.
 ALGORITHM_NAME = "dicomnode synthetic ground truth"
 
+#: The namespace of the SEG's UIDs (:func:`dicomnode.uids.derive_uid`).
 _UID_NAMESPACE = "dicomnode.synth.truth"
 _CONTENT_LABEL = "GROUND_TRUTH"
-
-
-def derive_uid(*parts: str) -> UID:
-    """Return the deterministic UID of a ground-truth object named by `parts`.
-
-    Parameters
-    ----------
-    *parts
-        Strings that name the object; the same parts always give the same UID.
-
-    Returns
-    -------
-    pydicom.uid.UID
-        A valid UID of at most 64 characters (:func:`dicomnode.uids.derive_uid`).
-    """
-    return uids.derive_uid(_UID_NAMESPACE, *parts)
 
 
 def build_truth_segmentation(
@@ -122,8 +107,9 @@ def build_truth_segmentation(
         images = [sources[index] for index, _ in order]
         planes = masks
     series_uid = derive_uid(
-        "truth-series", str(first.SeriesInstanceUID), str(series_number), series_description
-    )
+        _UID_NAMESPACE, "truth-series", str(first.SeriesInstanceUID), str(series_number),
+        series_description,
+    )  # fmt: skip
     seg = hd.seg.Segmentation(
         source_images=images,
         pixel_array=np.moveaxis(planes, 0, -1),  # highdicom wants (frames, rows, columns, segments)
@@ -131,7 +117,7 @@ def build_truth_segmentation(
         segment_descriptions=[_description(label) for label in labels],
         series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=derive_uid("truth-sop", series_uid),
+        sop_instance_uid=derive_uid(_UID_NAMESPACE, "truth-sop", series_uid),
         instance_number=1,
         manufacturer="dicomnode",
         manufacturer_model_name="synthetic ground truth",
