@@ -45,6 +45,11 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=120)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quiet", type=float, default=2.0)
+    parser.add_argument(
+        "--stock-sender",
+        action="store_true",
+        help="send with pynetdicom's requestor as it is (it loses a response now and then)",
+    )
     args = parser.parse_args()
 
     studies = make_studies(args.studies, args.slices)
@@ -60,7 +65,9 @@ def main() -> None:
     try:
         for round_number in range(args.rounds):
             for study in studies:
-                results.append(send_study(node.port, study, round_number))
+                results.append(
+                    send_study(node.port, study, round_number, guarded=not args.stock_sender)
+                )
             print(f"round {round_number + 1}/{args.rounds} sent", flush=True)
     finally:
         node.stop(timeout=120)
@@ -73,6 +80,7 @@ def main() -> None:
         "refused": sum(1 for r in results if r.refused),
         "aborted": sum(1 for r in results if r.aborted),
         "c_store_failures": sum(r.failures for r in results),
+        "sender": "pynetdicom (stock)" if args.stock_sender else "pynetdicom (guarded)",
         "c_stores": len(times),
         "p50_s": round(statistics.median(times), 4),
         "p99_s": round(percentile(times, 0.99), 4),

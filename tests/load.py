@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from dicomnode.send._requestor import guard_responses
 from dicomnode.synth.ct import build_ct_series
 from dicomnode.uids import derive_uid
 
@@ -65,14 +66,23 @@ def make_studies(count: int, slices: int, size: int = 256) -> list[list[Dataset]
     return studies
 
 
-def send_study(port: int, study: list[Dataset], round_number: int) -> SentStudy:
-    """One association carrying ``study``, as a new study in each round."""
+def send_study(
+    port: int, study: list[Dataset], round_number: int, guarded: bool = True
+) -> SentStudy:
+    """One association carrying ``study``, as a new study in each round.
+
+    ``guarded``: with the requestor fix the node's own SCU uses
+    (``dicomnode/send/_requestor.py``); without it, pynetdicom's requestor now and
+    then loses a response under load and aborts after its 30 s DIMSE timeout.
+    """
     ae = AE(ae_title="STRESSSCU")
     ae.add_requested_context(CTImageStorage)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = SENDER_TIMEOUT_S
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
     if not assoc.is_established:
         return SentStudy(refused=True)
+    if guarded:
+        guard_responses(assoc)
     sent = SentStudy()
     for ds in study:
         ds = ds.copy()

@@ -206,13 +206,17 @@ def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
     start_logging(ctx, settings, to_file=not supervised)
     from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
     from dicomnode.models.device import resolve_device
-    from dicomnode.worker.runner import SHUTDOWN_GRACE_S, Worker
+    from dicomnode.models.registry import available_models
+    from dicomnode.worker import SHUTDOWN_GRACE_S
+    from dicomnode.worker.idle import wait_for_work
 
     _check_models(settings)
     upgrade_database(settings.database_url)
     engine = make_engine(settings.database_url)
-    runner = Worker(settings, make_session_factory(engine))
-    resolve_device(settings.worker.device)  # imports torch: seconds, still start-up
+    session_factory = make_session_factory(engine)
+    if settings.worker.device not in ("auto", "cpu"):
+        # A GPU asked for by name must exist: say so now, not at the first job.
+        resolve_device(settings.worker.device)
     stop = stop_event()
 
     # Until here SIGTERM, also the one the kernel sends when the node dies, ends us at
@@ -220,13 +224,19 @@ def worker(ctx: click.Context, max_jobs: int | None, supervised: bool) -> None:
     # also stops when its node dies (even by SIGKILL), so a restarted node never finds
     # an orphan working beside it.
     stop_with_parent(stop, supervised, exit_after=SHUTDOWN_GRACE_S + 10.0)
+    # torch and the models wait for the first job (dicomnode/worker/idle.py).
+    models = available_models(settings.model_dirs)
+    if wait_for_work(session_factory, models, stop, settings.worker.poll_seconds):
+        from dicomnode.worker.runner import Worker
 
-    def _relay() -> None:
-        stop.wait()
-        runner.stop.set()
+        runner = Worker(settings, session_factory)
 
-    threading.Thread(target=_relay, daemon=True).start()
-    runner.run(max_jobs)
+        def _relay() -> None:
+            stop.wait()
+            runner.stop.set()
+
+        threading.Thread(target=_relay, daemon=True).start()
+        runner.run(max_jobs)
     engine.dispose()
 
 

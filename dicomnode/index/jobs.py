@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Select, and_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.leases import RELEASED, backoff_seconds, lease_lapsed, lease_to, owned_by
@@ -28,6 +28,7 @@ __all__ = [
     "ClaimedJob",
     "JobSummary",
     "claim_job",
+    "claimable_job_exists",
     "enqueue_job",
     "fail_job",
     "finish_job",
@@ -101,11 +102,8 @@ def enqueue_job(
     return True
 
 
-def claim_job(
-    session: Session, owner: str, lease_seconds: float, models: list[str] | None = None
-) -> ClaimedJob | None:
-    """Lease the most urgent claimable job to ``owner``; None when there is none (commits)."""
-    now = utc_now()
+def _candidates(now: datetime, models: list[str] | None) -> Select[int]:
+    """The most urgent job a worker running ``models`` (None: any) may claim now."""
     candidates = (
         select(JobRecord.id)
         .where(JobRecord.state.in_(CLAIMABLE), JobRecord.run_after <= now)
@@ -114,6 +112,25 @@ def claim_job(
     )
     if models is not None:
         candidates = candidates.where(JobRecord.model.in_(models))
+    return candidates
+
+
+def claimable_job_exists(session: Session, models: list[str] | None = None) -> bool:
+    """Whether a worker running ``models`` (None: any) could claim a job now.
+
+    A read only: a waiting worker asks this before it loads its models.
+    """
+    found = session.scalar(_candidates(utc_now(), models)) is not None
+    session.rollback()
+    return found
+
+
+def claim_job(
+    session: Session, owner: str, lease_seconds: float, models: list[str] | None = None
+) -> ClaimedJob | None:
+    """Lease the most urgent claimable job to ``owner``; None when there is none (commits)."""
+    now = utc_now()
+    candidates = _candidates(now, models)
     # Look before taking the write lock: idle workers polling an empty queue then
     # never contend with the SCP's writer (it matters on SQLite's single writer).
     if session.scalar(candidates) is None:

@@ -24,6 +24,7 @@ from pynetdicom.status import code_to_category
 
 from dicomnode.config import PeerSettings
 from dicomnode.errors import SendError
+from dicomnode.send._requestor import guard_responses
 
 __all__ = [
     "SendReport",
@@ -122,6 +123,7 @@ def echo_peer(peer: PeerSettings, calling_ae: str) -> int:
         raise SendError(
             f"cannot associate with {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
         )
+    guard_responses(assoc)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -238,6 +240,8 @@ def _store_batch(
             assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
             if not assoc.is_established:
                 reason = _association_error(assoc, peer)
+            else:
+                guard_responses(assoc)
     if assoc is None or reason is not None:
         logger.warning(
             "peer unreachable",

@@ -29,6 +29,7 @@ from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
 from dicomnode.volumes import load_volume
+from dicomnode.worker import SHUTDOWN_GRACE_S
 from dicomnode.worker.publish import publish_result
 from dicomnode.worker.results import save_masks
 from dicomnode.worker.views import Candidate, find_candidates, group_views
@@ -36,9 +37,6 @@ from dicomnode.worker.views import Candidate, find_candidates, group_views
 __all__ = ["Worker", "job_error"]
 
 logger = logging.getLogger(__name__)
-
-#: How long a stopping worker lets its running job go on before releasing it.
-SHUTDOWN_GRACE_S = 30.0
 
 
 class Worker:
@@ -62,8 +60,8 @@ class Worker:
         """Claim and run jobs until stopped (or ``max_jobs`` have run)."""
         self.device = resolve_device(self.settings.worker.device)
         logger.info(
-            "worker started",
-            extra={"action": "worker_started", "owner": self.owner, "device": self.device},
+            "worker loaded",
+            extra={"action": "worker_loaded", "owner": self.owner, "device": self.device},
         )
         while not self.stop.is_set():
             with self.session_factory() as session:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from dicomnode.index.schema import JobRecord, JobState, StudyRecord
 from dicomnode.synth.ct import build_ct_series
 from tests.factories import encode
-from tests.nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess, children
 from tests.scu import storescu
 
 pytestmark = [
@@ -114,3 +114,31 @@ def test_each_stable_study_gets_one_job_per_matching_pipeline_run_by_workers(
         # Stage, type and place only: a model's message may quote data (PITFALLS.md).
         assert (failing.error or "").startswith("model: RuntimeError at testing.predict:")
         assert "action=job_done" in node.log_text()
+
+
+def _workers(node: NodeProcess) -> list[int]:
+    assert node.proc is not None
+    return [
+        pid
+        for pid in children(node.proc.pid)
+        if " worker " in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    ]
+
+
+def _torch_loaded(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_worker_loads_torch_only_when_it_has_a_job(tmp_path: Path) -> None:
+    """An idle worker beside the receivers costs neither torch's start-up CPU nor its
+    memory: a node restarted under a PACS's backlog receives at full speed."""
+    one_worker = PIPELINES.replace("count = 2", "count = 1")
+    with NodeProcess(tmp_path / "node", extra_toml=one_worker, study_quiet_seconds=1) as node:
+        time.sleep(3)  # longer than an eager start-up took to import torch
+        (worker,) = _workers(node)
+        assert not _torch_loaded(worker)
+        write_study(tmp_path / "study", 4)
+        storescu(node.port, sorted((tmp_path / "study").iterdir()))
+        jobs = wait_for_jobs(node, 1)
+        assert {j.state for j in jobs} == {JobState.DONE}
+        assert _torch_loaded(worker)  # the device was resolved for the first job
