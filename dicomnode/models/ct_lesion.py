@@ -268,15 +268,8 @@ class CtLesionSegModel:
     def evaluate(self, studies: Sequence[LabelledStudy]) -> dict[str, float]:
         """Metrics of the current weights on the source grid of these studies.
 
-        Returns
-        -------
-        dict
-            ``lesion_dice`` and ``body_dice`` (means over studies; a study with no
-            lesion and none predicted scores 1), ``lesion_sensitivity_10mm`` (truth
-            lesions with a longest axial diameter of 10 mm or more that a predicted
-            component overlaps, over all of them), ``lesions_10mm`` (that count),
-            ``false_positives_per_study`` (predicted components touching no truth
-            lesion) and ``studies``.
+        The metrics are those of
+        :func:`dicomnode.models.ct_lesion_training.evaluate_studies`.
         """
         return evaluate_studies(self.predict, studies)
 

@@ -226,24 +226,15 @@ class Ingest:
         """Validate a spooled instance and make it durable; raises a ReceiveError."""
         started = time.monotonic()
         try:
-            return self._store(
-                spool, command_sop_class_uid, command_sop_instance_uid, calling_ae,
-                association_id, started,
-            )  # fmt: skip
+            return self._store(spool, command_sop_class_uid, command_sop_instance_uid,
+                               calling_ae, association_id, started)  # fmt: skip
         finally:
             # Failures too: a slow refusal is as much a sender's problem as a slow success.
             if time.monotonic() - started > SLOW_STORE_S:
                 self._log_slow(command_sop_instance_uid, calling_ae, started)
 
-    def _store(
-        self,
-        spool: SpoolFile,
-        command_sop_class_uid: str,
-        command_sop_instance_uid: str,
-        calling_ae: str,
-        association_id: int | None,
-        started: float,
-    ) -> Outcome:
+    def _store(self, spool: SpoolFile, sop_class_uid: str, sop_instance_uid: str,
+               calling_ae: str, association_id: int | None, started: float) -> Outcome:  # fmt: skip
         # A fresh dict each time: after a commit timeout the writer may still add the
         # old request's steps to the dict it holds.
         steps: dict[str, float] = {}
@@ -251,25 +242,23 @@ class Ingest:
         try:
             if spool.error is not None:
                 raise StorageError(f"cannot write the instance: {spool.error.strerror}")
-            if not is_valid_uid(command_sop_instance_uid):
+            if not is_valid_uid(sop_instance_uid):
                 raise InvalidDatasetError("Affected SOP Instance UID is not a valid UID")
             if spool.too_large or spool.size > self.max_instance_bytes:
                 # PS3.4 B.2.3 "Refused: Out of Resources": the data may be fine, but
                 # this node does not keep instances this large (an operator can raise
                 # the limit, and then a resend succeeds).
-                raise StorageError(
-                    "instance larger than node.max_instance_bytes", command_sop_instance_uid
-                )
+                raise StorageError("instance larger than node.max_instance_bytes", sop_instance_uid)
             spool.start_writeback()  # the disk works while we check the dataset
             info = inspect_instance(
                 Path(spool.name), self.spool_dir, self.max_inflated_bytes, self.max_elements
             )
             steps["inspect"] = time.monotonic() - started
-            if info.sop_instance_uid != command_sop_instance_uid:
+            if info.sop_instance_uid != sop_instance_uid:
                 raise DatasetMismatchError(
                     "SOP Instance UID differs from the C-STORE command", info.sop_instance_uid
                 )
-            if info.sop_class_uid != command_sop_class_uid:
+            if info.sop_class_uid != sop_class_uid:
                 raise DatasetMismatchError(
                     "SOP Class UID differs from the C-STORE command", info.sop_instance_uid
                 )
