@@ -166,8 +166,10 @@ class ModelsSettings(_Section):
 
 
 class WebSettings(_Section):
-    """The ``[web]`` section."""
+    """The ``[web]`` section: the web server of ``run`` and ``serve`` (``docs/operate.md``)."""
 
+    #: Serve ``/healthz``, ``/readyz`` and ``/metrics``; false: no web server at all.
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 

@@ -32,6 +32,7 @@ __all__ = [
     "processes_running",
     "run_dicomnode",
     "wait_for_echo",
+    "wait_for_port",
 ]
 
 
@@ -134,6 +135,18 @@ def wait_for_echo(
     raise TimeoutError(f"no C-ECHO answer on port {port} within {timeout} s")
 
 
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} within {timeout} s")
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -170,6 +183,13 @@ class NodeProcess:
             node.get("database_url") or f"sqlite:///{self.data_dir / 'dicomnode.sqlite'}"
         )
         lines = ["[node]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
+        #: The web server's port; None when ``extra_toml`` has its own ``[web]``.
+        self.web_port: int | None = None
+        if "[web]" not in extra_toml:
+            # Its own free port, as [node] port: nodes of parallel tests never collide
+            # on the default 8080.
+            self.web_port = free_port()
+            extra_toml = f"{extra_toml}\n[web]\nport = {self.web_port}\n"
         self.config = folder / "settings.toml"
         self.config.write_text("\n".join(lines) + "\n" + extra_toml, encoding="utf-8")
         self.log = folder / "node.log"
@@ -191,6 +211,8 @@ class NodeProcess:
         self.launch(log_level)
         try:
             wait_for_echo(self.port, self.ae_title, calling_ae=self.probe_ae, tls=self.probe_tls)
+            if self.web_port is not None:  # bound just after the SCP: a moment later
+                wait_for_port(self.web_port)
         except TimeoutError:
             self.kill()
             raise RuntimeError(f"node did not start:\n{self.log.read_text()}") from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,10 +36,17 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from dicomnode.receive.ingest import Ingest
+    from dicomnode.web.server import WebServer
+    from dicomnode.worker.supervisor import Supervisor
 
 __all__ = ["db", "receive", "run", "serve", "worker"]
 
 logger = logging.getLogger(__name__)
+
+#: prometheus-client's variable (read when it is first imported): where the processes
+#: of one node share their metrics. Named here, not taken from dicomnode.metrics,
+#: whose import would import prometheus-client before the variable is set.
+_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @click.command(cls=NodeCommand)
@@ -142,6 +151,66 @@ def _sender(settings: Settings, session_factory: sessionmaker[Session]) -> Calla
     return lambda: send_due_deliveries(settings, session_factory, owner)
 
 
+def _share_metrics(settings: Settings) -> None:
+    """Make ``data_dir/metrics/`` the node's multiprocess metrics folder, empty.
+
+    Called before this process imports prometheus-client; every process the node
+    starts inherits the variable, so all of them write their values there.
+    """
+    from dicomnode.index.layout import DataLayout
+
+    folder = DataLayout(settings.data_dir).metrics
+    if "prometheus_client" in sys.modules:  # too late for this process to share
+        logger.warning(
+            "metrics of the serving process are not shared",
+            extra={"action": "metrics_not_shared"},
+        )
+    shutil.rmtree(folder, ignore_errors=True)  # the values of a previous run
+    folder.mkdir(parents=True)
+    os.environ[_METRICS_ENV] = str(folder)
+
+
+def _web(
+    settings: Settings, server: Any, supervisor: Supervisor, with_workers: bool
+) -> tuple[WebServer, Engine] | None:
+    """The web server (bound, not yet serving) and its own index engine; None if off.
+
+    Raises ConfigError when ``[web] host``/``port`` cannot be listened on.
+    """
+    if not settings.web.enabled:
+        return None
+    from dicomnode.index.db import make_engine, make_session_factory
+    from dicomnode.index.layout import DataLayout
+    from dicomnode.web.app import create_app
+    from dicomnode.web.health import Check
+    from dicomnode.web.server import WebServer
+
+    def scp() -> Check:
+        running, expected = supervisor.running("receive")
+        ok = bool(server.accepting) and running == expected
+        detail = {"accepting": bool(server.accepting), "receivers": running + 1,
+                  "receivers_expected": expected + 1}  # fmt: skip
+        return Check(ok, detail)
+
+    def workers() -> Check:
+        running, expected = supervisor.running("worker")
+        return Check(running == expected, {"running": running, "expected": expected})
+
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)  # our records say it
+    # An engine of its own: a slow page never holds a connection receiving needs.
+    engine = make_engine(settings.database_url)
+    app = create_app(
+        settings, make_session_factory(engine), scp=scp,
+        workers=workers if with_workers else None,
+        multiprocess_dir=DataLayout(settings.data_dir).metrics,
+    )  # fmt: skip
+    try:
+        return WebServer(app, settings.web.host, settings.web.port), engine
+    except DicomnodeError:
+        engine.dispose()
+        raise
+
+
 def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
     from dicomnode.forked import run_forked
 
@@ -153,13 +222,22 @@ def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
     from dicomnode.worker.supervisor import Supervisor
 
     stop = stop_event()
+    _share_metrics(settings)
     engine, session_factory, ingest, server = _receiving(settings)
-    scheduler = build_scheduler(settings, session_factory, _sender(settings, session_factory))
-    scheduler.start()
     roles = ["receive"] * (settings.receive_processes - 1)
     roles += ["worker"] * (settings.worker.count if with_workers else 0)
     supervisor = Supervisor(roles, ctx.ensure_object(dict).get("config"), log_args(ctx))
+    try:
+        web = _web(settings, server, supervisor, with_workers)
+    except DicomnodeError as exc:  # the web port is taken
+        supervisor.stop()
+        _stop_receiving(engine, ingest, server, grace=0.0)
+        raise click.ClickException(str(exc)) from exc
+    scheduler = build_scheduler(settings, session_factory, _sender(settings, session_factory))
+    scheduler.start()
     supervisor.start()
+    if web is not None:
+        web[0].start()
     logger.info(
         "node ready",
         extra={"action": "node_ready", "data_dir": str(settings.data_dir),
@@ -167,6 +245,9 @@ def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
                "version": __version__},
     )  # fmt: skip
     stop.wait()
+    if web is not None:  # first: /readyz must not answer from a node half stopped
+        web[0].stop()
+        web[1].dispose()
     scheduler.shutdown(wait=True)
     supervisor.stop()
     _stop_receiving(engine, ingest, server)

@@ -11,11 +11,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.errors import IndexSchemaError
+from dicomnode.index.schema import StudyRecord
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -25,6 +26,7 @@ __all__ = [
     "make_engine",
     "make_session_factory",
     "open_database",
+    "ping_database",
     "upgrade_database",
 ]
 
@@ -52,6 +54,15 @@ def make_engine(database_url: str) -> Engine:
     if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
     return create_engine(url, pool_pre_ping=True)
+
+
+def ping_database(session: Session) -> None:
+    """Read one row id of the index's studies table; raises if the index cannot be read.
+
+    A query on a table, not ``SELECT 1``, which SQLite answers without reading its
+    file. For ``/readyz``; SQLAlchemy's error is raised as it is.
+    """
+    session.execute(select(StudyRecord.id).limit(1)).scalar_one_or_none()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

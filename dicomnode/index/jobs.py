@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, select, update
+from sqlalchemy import Select, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.index.leases import RELEASED, backoff_seconds, lease_lapsed, lease_to, owned_by
@@ -29,6 +29,7 @@ __all__ = [
     "JobSummary",
     "claim_job",
     "claimable_job_exists",
+    "count_jobs_by_state",
     "enqueue_job",
     "fail_job",
     "finish_job",
@@ -350,3 +351,16 @@ def list_jobs(session: Session, limit: int = 50, state: JobState | None = None) 
         )
         for job, uid in session.execute(query).all()
     ]
+
+
+def count_jobs_by_state(session: Session) -> dict[JobState, int]:
+    """How many jobs are in each state now, every state named (0 when none).
+
+    One ``GROUP BY`` over the claim index (``ix_jobs_claim`` leads with the state), for
+    the queue-depth gauges of ``/metrics``.
+    """
+    counts = dict.fromkeys(JobState, 0)
+    query = select(JobRecord.state, func.count()).group_by(JobRecord.state)
+    for state, count in session.execute(query).all():
+        counts[state] = count
+    return counts

@@ -24,6 +24,9 @@ folder                  holds                                         per study
                         it ends
 ``models/``             model manifests an operator drops in          no
 ``logs/``               the node's log files                          no
+``metrics/``            the Prometheus values of the node's           no
+                        processes (multiprocess mode), emptied by
+                        the node at start (:mod:`dicomnode.metrics`)
 ``dicomnode.sqlite``    the index, when no ``database_url`` is set    no
 ======================  ============================================  =============
 
@@ -110,6 +113,11 @@ class DataLayout:
     def logs(self) -> Path:
         """The node's log files."""
         return self.root / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        """The node's processes' Prometheus values (``PROMETHEUS_MULTIPROC_DIR``)."""
+        return self.root / "metrics"
 
     @property
     def database(self) -> Path:

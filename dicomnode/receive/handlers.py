@@ -8,6 +8,7 @@ ErrorComment of at most 64 characters. No inference ever runs here.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, cast
 
 from pydicom import Dataset
@@ -19,9 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.errors import DicomnodeError, StorageError
 from dicomnode.index.associations import close_association, open_association
 from dicomnode.index.schema import utc_now
+from dicomnode.metrics import (
+    ASSOCIATIONS_ACCEPTED,
+    ASSOCIATIONS_REJECTED,
+    INSTANCES_RECEIVED,
+    RECEIVED_BYTES,
+    STORE_SECONDS,
+    calling_ae_label,
+)
 from dicomnode.receive._patches import tune_association
 from dicomnode.receive.ingest import Ingest
-from dicomnode.receive.spool import take_spool
+from dicomnode.receive.spool import SpoolFile, take_spool
 from dicomnode.receive.status import Status, status_for_error
 
 __all__ = [
@@ -54,17 +63,28 @@ def _peer(assoc: Association) -> dict[str, Any]:
     }
 
 
+def _measure(calling_ae: str, outcome: str, spool: SpoolFile | None, started: float) -> None:
+    """Count one answered C-STORE in the metrics (no patient data: AE title, outcome)."""
+    label = calling_ae_label(calling_ae)
+    INSTANCES_RECEIVED.labels(label, outcome).inc()
+    if spool is not None:
+        RECEIVED_BYTES.labels(label).inc(spool.size)
+    STORE_SECONDS.observe(time.perf_counter() - started)
+
+
 def handle_store(event: Event, ingest: Ingest) -> int | Dataset:
     """C-STORE: make the streamed instance durable, then answer."""
+    started = time.perf_counter()
     assoc = event.assoc
     # pynetdicom calls this handler for EVT_C_STORE only, whose request is a C-STORE.
     request = cast("C_STORE", event.request)
     sop_uid = str(request.AffectedSOPInstanceUID or "")
+    spool: SpoolFile | None = None
     try:
         spool = take_spool(assoc.ae, event.dataset_path)
         if spool is None:
             raise StorageError("the incoming dataset was not spooled")
-        ingest.store(
+        outcome = ingest.store(
             spool,
             command_sop_class_uid=str(request.AffectedSOPClassUID or ""),
             command_sop_instance_uid=sop_uid,
@@ -83,14 +103,17 @@ def handle_store(event: Event, ingest: Ingest) -> int | Dataset:
                 **_peer(assoc),
             },
         )
+        _measure(assoc.requestor.ae_title, "refused", spool, started)
         return _status(status, str(exc))
     except Exception as exc:  # a bug must still give a status we chose
         logger.exception(
             "C-STORE failed unexpectedly",
             extra={"action": "store_crashed", "sop_instance_uid": sop_uid[:64], **_peer(assoc)},
         )
+        _measure(assoc.requestor.ae_title, "refused", spool, started)
         return _status(Status.OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}")
     setattr(assoc, _COUNT, getattr(assoc, _COUNT, 0) + 1)
+    _measure(assoc.requestor.ae_title, outcome.value, spool, started)
     return Status.SUCCESS
 
 
@@ -118,6 +141,7 @@ def handle_established(event: Event, session_factory: sessionmaker[Session]) -> 
         logger.exception("association not recorded", extra={"action": "association_record_failed"})
         assoc_id = None
         setattr(assoc, _ASSOC_ID, None)
+    ASSOCIATIONS_ACCEPTED.labels(calling_ae_label(assoc.requestor.ae_title)).inc()
     logger.info(
         "association accepted",
         extra={"action": "association_accepted", "association_id": assoc_id, **_peer(assoc)},
@@ -159,14 +183,34 @@ def handle_aborted(event: Event, session_factory: sessionmaker[Session]) -> None
     _ended(event, session_factory, "aborted")
 
 
+def _rejection_reason(assoc: Association) -> str:
+    """Why pynetdicom 3.0.4 rejected ``assoc``, tested in the order it decides
+    (``ACSE._negotiate_as_acceptor``: a later test overrides an earlier one)."""
+    ae = assoc.ae
+    acceptors = [a for a in ae.active_associations if a.is_acceptor]
+    if len(acceptors) > ae.maximum_associations:
+        return "association_limit"
+    request = assoc.requestor.primitive  # the A-ASSOCIATE-RQ
+    if ae.require_called_aet and request is not None:
+        if request.called_ae_title != assoc.acceptor.ae_title.strip():
+            return "called_ae_title"
+    allowed = [title.strip() for title in ae.require_calling_aet]
+    if allowed and assoc.requestor.ae_title not in allowed:
+        return "calling_ae_title"
+    return "other"
+
+
 def handle_rejected(event: Event) -> None:
-    """An association was rejected (calling or called AE title not allowed)."""
+    """An association was rejected (an AE title not allowed, or too many associations)."""
     assoc = event.assoc
+    reason = _rejection_reason(assoc)
+    ASSOCIATIONS_REJECTED.labels(reason).inc()
     logger.warning(
         "association rejected",
         extra={
             "action": "association_rejected",
             "called_ae": assoc.acceptor.ae_title,
+            "reason": reason,
             **_peer(assoc),
         },
     )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
 from dicomnode.errors import ConfigError
+from dicomnode.metrics import ASSOCIATIONS_REJECTED
 from dicomnode.receive import _patches, handlers
 from dicomnode.receive._patches import (
     MAX_ASSOCIATE_RQ_BYTES,
@@ -72,6 +73,14 @@ class NodeServer(ThreadedAssociationServer):
     network_timeout: float = 30.0
     max_connections_per_host: int = 32
     max_pending_connections: int = 128
+    #: The thread running the accept loop (``serve_forever``), once started.
+    accept_thread: threading.Thread | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the accept loop runs on an open listening socket (for ``/readyz``)."""
+        thread, sock = self.accept_thread, self.socket
+        return thread is not None and thread.is_alive() and sock is not None and sock.fileno() >= 0
 
     def server_activate(self) -> None:
         """Listen, and set up the per-connection book-keeping."""
@@ -84,6 +93,7 @@ class NodeServer(ThreadedAssociationServer):
         """Whether to serve a new connection (socketserver hook, in the accept loop)."""
         host = str(client_address[0])
         if not self._host_allowed(host):
+            ASSOCIATIONS_REJECTED.labels("host_not_allowed").inc()
             logger.warning(
                 "connection refused: host not allowed",
                 extra={"action": "host_rejected", "peer": _address(client_address)},
@@ -110,6 +120,7 @@ class NodeServer(ThreadedAssociationServer):
 
     def _note_refused(self, host: str) -> None:
         """Log refusals of a host at most once a second, with how many there were."""
+        ASSOCIATIONS_REJECTED.labels("host_connection_limit").inc()
         now = time.monotonic()
         since, count = self._refused.get(host, (0.0, 0))
         if now - since < 1.0:
@@ -150,6 +161,7 @@ class NodeServer(ThreadedAssociationServer):
         try:
             pdu = _read_associate_rq(sock, deadline)
         except _Refused as refused:
+            ASSOCIATIONS_REJECTED.labels(refused.kind).inc()
             logger.warning(
                 f"connection closed: {refused.reason}",
                 extra={
@@ -175,6 +187,7 @@ class NodeServer(ThreadedAssociationServer):
             request.settimeout(self.association_request_timeout)
             return self.tls_context.wrap_socket(request, server_side=True)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            ASSOCIATIONS_REJECTED.labels("tls_handshake").inc()
             logger.warning(
                 "TLS handshake failed",
                 extra={
@@ -194,6 +207,13 @@ class _Refused(Exception):
         self.reason = reason
         self.reply = reply
         self.details = details
+
+    @property
+    def kind(self) -> str:
+        """The reason label of ``dicomnode_associations_rejected``: the peer went away
+        before a whole request (nothing to answer), or sent, too slowly or at all,
+        something we do not serve."""
+        return "bad_request" if self.reply else "no_request"
 
 
 def _read_associate_rq(sock: socket.socket, deadline: float) -> bytes:
@@ -338,6 +358,7 @@ def _serve_in_thread(
     server.max_pending_connections = node.max_pending_connections
     server.contexts = _Contexts(server.contexts)
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    server.accept_thread = thread
     thread.start()
     ae._servers.append(server)  # so ae.shutdown() stops it too
     return server

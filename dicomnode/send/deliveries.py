@@ -43,6 +43,7 @@ from dicomnode.index.deliveries import (
 from dicomnode.index.layout import DataLayout
 from dicomnode.index.leases import backoff_seconds
 from dicomnode.index.schema import utc_now
+from dicomnode.metrics import DELIVERY_ATTEMPTS
 from dicomnode.send.scu import StoreOutcome, StoreResult, store_files
 
 __all__ = ["DeliveryCounts", "default_owner", "send_due_deliveries"]
@@ -152,6 +153,7 @@ class _Recorder:
             self._count(kept, "sent")
             if kept and outcome is StoreOutcome.WARNING:
                 self.counts.warnings += 1
+            label = "warning" if outcome is StoreOutcome.WARNING else "sent"
         elif outcome is StoreOutcome.RETRY:
             error = result.error or "retry"
             since, seconds = self.backoff()
@@ -159,10 +161,12 @@ class _Recorder:
                 self.session, delivery.id, self.owner, result.status, error, seconds, since
             )
             self._count(kept, "retried")
+            label = "retry"
         else:
             error = result.error or "failed"
             kept = mark_failed(self.session, delivery.id, self.owner, result.status, error)
             self._count(kept, "failed")
+            label = "failed"
             if kept:
                 logger.warning(
                     "delivery failed",
@@ -170,6 +174,7 @@ class _Recorder:
                            "peer": delivery.peer, "sop_instance_uid": delivery.sop_instance_uid,
                            "status": result.status, "error": error},
                 )  # fmt: skip
+        DELIVERY_ATTEMPTS.labels(delivery.peer, label if kept else "lost").inc()
 
     def _count(self, kept: bool, field: str) -> None:
         if kept:

@@ -25,6 +25,7 @@ from dicomnode.index.jobs import ClaimedJob, claim_job, fail_job, finish_job, he
 from dicomnode.index.layout import DataLayout
 from dicomnode.index.schema import JobState, utc_now
 from dicomnode.log import describe_error
+from dicomnode.metrics import JOB_STAGE_SECONDS, JOBS_FINISHED
 from dicomnode.models.api import Model, NotApplicable, StudyViews, View
 from dicomnode.models.device import resolve_device
 from dicomnode.models.registry import available_models, load_model
@@ -103,7 +104,7 @@ class Worker:
             result = self._pipeline(job, timings)
         except NotApplicable as exc:
             with self.session_factory() as session:
-                finish_job(
+                kept = finish_job(
                     session,
                     job.id,
                     self.owner,
@@ -111,6 +112,7 @@ class Worker:
                     {"reason": str(exc)},
                     timings,
                 )
+            _measure(job.pipeline, JobState.NOT_APPLICABLE if kept else None, timings)
             logger.info(
                 "job not applicable",
                 extra={"action": "job_not_applicable", "reason": str(exc), **extra},
@@ -127,13 +129,15 @@ class Worker:
                     timings,
                     self.settings.worker.retry_backoff_seconds,
                 )
+            _measure(job.pipeline, state, timings)
             logger.warning(
                 "job failed",
                 extra={"action": "job_failed", "state": str(state), "error": error, **extra},
             )
             return
         with self.session_factory() as session:
-            finish_job(session, job.id, self.owner, JobState.DONE, result, timings)
+            kept = finish_job(session, job.id, self.owner, JobState.DONE, result, timings)
+        _measure(job.pipeline, JobState.DONE if kept else None, timings)
         logger.info(
             "job done",
             extra={"action": "job_done", "seconds": round(sum(timings.values()), 3), **extra},
@@ -221,9 +225,10 @@ class Worker:
             elapsed = time.monotonic() - started
             with self.session_factory() as session:
                 if elapsed > self.settings.worker.job_timeout_seconds:
-                    fail_job(session, job.id, self.owner,
-                             f"timed out after {self.settings.worker.job_timeout_seconds:g} s",
-                             None, self.settings.worker.retry_backoff_seconds)  # fmt: skip
+                    limit = self.settings.worker.job_timeout_seconds
+                    state = fail_job(session, job.id, self.owner, f"timed out after {limit:g} s",
+                                     None, self.settings.worker.retry_backoff_seconds)  # fmt: skip
+                    _measure(job.pipeline, state, {})
                     logger.error(
                         "job timed out", extra={"action": "job_timed_out", "job_id": job.id}
                     )
@@ -238,6 +243,15 @@ class Worker:
                         os._exit(0)
                 if not heartbeat(session, job.id, self.owner, lease):
                     logger.warning("lease lost", extra={"action": "lease_lost", "job_id": job.id})
+
+
+def _measure(pipeline: str, state: JobState | None, timings: dict[str, float]) -> None:
+    """Count a job attempt that ended in ``state`` (None: not recorded, the lease was
+    lost) and observe the seconds of each stage it ran."""
+    if state is not None:
+        JOBS_FINISHED.labels(pipeline, state.value).inc()
+    for stage, seconds in timings.items():
+        JOB_STAGE_SECONDS.labels(pipeline, stage).observe(seconds)
 
 
 def job_error(exc: Exception, stage: str) -> str:

@@ -256,6 +256,7 @@ class Supervisor:
                 if proc is None or proc.poll() is None:
                     continue
                 self.restarts[slot] += 1
+                _forget(proc.pid)
                 logger.warning(
                     f"{self.roles[slot]} process exited; restarting",
                     extra={"action": f"{self.roles[slot]}_restarted", "slot": slot, "pid": proc.pid,
@@ -265,6 +266,15 @@ class Supervisor:
                 if self._stop.wait(min(30.0, 0.5 * self.restarts[slot])):
                     return
                 self._spawn(slot)
+
+    def running(self, role: str) -> tuple[int, int]:
+        """How many children of ``role`` run now, and how many there should be."""
+        slots = [slot for slot, each in enumerate(self.roles) if each == role]
+        alive = 0
+        for slot in slots:
+            proc = self.procs[slot]
+            alive += proc is not None and proc.poll() is None
+        return alive, len(slots)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM every child (they finish or release their work) and wait."""
@@ -283,7 +293,16 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            _forget(proc.pid)
         if self._lifeline_write >= 0:  # closing it tells any child still there
             os.close(self._lifeline_read)
             os.close(self._lifeline_write)
             self._lifeline_read = self._lifeline_write = -1
+
+
+def _forget(pid: int) -> None:
+    """Tell the metrics that a child has exited (imported here, not at the top: the
+    node imports this module before it has chosen where its metrics are shared)."""
+    from dicomnode.metrics import forget_process
+
+    forget_process(pid)

@@ -13,13 +13,14 @@ unit              may import
 ``uids``          nothing of ours
 ``rules``         nothing of ours (the rule language: settings, schedule, models)
 ``kernel``        nothing of ours (the types models, outputs and synth share)
+``metrics``       nothing of ours (every Prometheus metric; prometheus_client only)
 ``log``           errors
 ``forked``        errors, log
 ``config``        errors, log, rules, index.layout (the data folder's paths: the
                   SQLite file and the models folder)
 ``index.layout``  nothing of ours (only the standard library)
 ``index``         the neutral helpers: the root package (``__version__``), errors,
-                  log, uids, forked, kernel, rules
+                  log, uids, forked, kernel, rules, metrics
 ``models``        the neutral helpers (the only unit that imports torch)
 ``outputs``       the neutral helpers
 ``volumes``       the neutral helpers
@@ -57,7 +58,7 @@ import dicomnode
 
 PACKAGE = Path(dicomnode.__file__).parent
 
-NEUTRAL = frozenset({"dicomnode", "errors", "log", "uids", "forked", "kernel", "rules"})
+NEUTRAL = frozenset({"dicomnode", "errors", "log", "uids", "forked", "kernel", "rules", "metrics"})
 STAGE = NEUTRAL | {"config", "index"}
 LIBRARIES = frozenset({"models", "outputs", "volumes"})
 EVERYTHING = frozenset({"*"})
@@ -68,6 +69,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "uids": frozenset(),
     "rules": frozenset(),
     "kernel": frozenset(),
+    "metrics": frozenset(),
     "log": frozenset({"errors"}),
     "forked": frozenset({"errors", "log"}),
     "config": frozenset({"errors", "log", "rules", "index.layout"}),

@@ -31,7 +31,7 @@ def test_every_folder_lies_directly_under_data_dir(tmp_path: Path) -> None:
     layout = DataLayout(tmp_path)
     folders = [
         layout.instances, layout.spool, layout.superseded, layout.results,
-        layout.quarantine, layout.scratch, layout.models, layout.logs,
+        layout.quarantine, layout.scratch, layout.models, layout.logs, layout.metrics,
     ]  # fmt: skip
 
     assert [f.parent for f in folders] == [tmp_path] * len(folders)
