@@ -37,6 +37,7 @@ from dicomnode.index.durable import atomic_write
 from dicomnode.index.jobs import ClaimedJob
 from dicomnode.index.layout import DataLayout
 from dicomnode.models.api import Model, ModelResult, StudyViews
+from dicomnode.outputs.identity import SERIES_NUMBERS
 from dicomnode.outputs.sc import build_overlay_capture
 from dicomnode.outputs.seg import build_segmentation, segment_number_map
 from dicomnode.outputs.sr import build_measurement_report
@@ -159,11 +160,14 @@ def _segmentations(
     segs: dict[str, hd.seg.Segmentation] = {}
     numbers: dict[str, dict[int, int]] = {}
     model = context.model
-    for view, masks in result.masks.items():
+    # The n-th view's series is numbered first + n (SERIES_NUMBERS): a 4-view study's
+    # SEG series are 9101-9104, not four series that all say 9101.
+    for number, (view, masks) in enumerate(result.masks.items(), start=1):
         volume = study.views[view].volume
         seg = build_segmentation(
             sources[view], volume, masks, model.labels,
             model_name=model.name, model_version=model.version, job_key=context.job.key,
+            series_number=SERIES_NUMBERS["seg"] + number,
         )  # fmt: skip
         if seg is None:
             continue  # nothing found on this view
@@ -183,10 +187,11 @@ def _captures(
     published: list[PublishedOutput],
 ) -> None:
     model = context.model
-    for view, masks in result.masks.items():
+    for number, (view, masks) in enumerate(result.masks.items(), start=1):
         for ds in build_overlay_capture(
             sources[view], study.views[view].volume, masks, model.labels,
             model_name=model.name, model_version=model.version, job_key=context.job.key,
+            series_number=SERIES_NUMBERS["sc"] + number,
         ):  # fmt: skip
             published.append(_keep(context, "sc", ds)[0])
 
