@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from dicomnode.web.server import WebServer
 from tests.factories import small_ct
 from tests.nodeproc import NodeProcess, free_port, port_is_free
 from tests.pg import PostgresServer, postgres_available
+from tests.recording_scp import RecordingSCP
 
 #: Patient data that must never reach /metrics.
 CANARY_NAME = "CANARY^Metrics^Zebulon"
@@ -190,6 +192,53 @@ def test_associations_rejected_are_counted_by_reason(node: NodeProcess) -> None:
 
     rejected = samples(text, "dicomnode_associations_rejected_total")
     assert rejected[(("reason", "called_ae_title"),)] == 4
+
+
+def job_and_route_settings(recorder_port: int) -> str:
+    """A worker running ``test-stats`` on CT studies, and a route of CT to a recorder."""
+    return (
+        "[worker]\ncount = 1\npoll_seconds = 0.1\n"
+        "[send]\nretry_backoff_seconds = 0.3\n"
+        f'[[peers]]\nname = "recorder"\nae_title = "RECORDER"\nhost = "127.0.0.1"\n'
+        f"port = {recorder_port}\n"
+        '[[routes]]\nname = "ct"\nmatch = { Modality = "CT" }\nsend_to = ["recorder"]\n'
+        '[[pipelines]]\nname = "stats"\nmatch = { Modality = "CT" }\nmodel = "test-stats"\n'
+    )
+
+
+@pytest.mark.slow
+def test_metrics_count_jobs_of_the_worker_and_deliveries_of_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    with RecordingSCP() as recorder:
+        extra = job_and_route_settings(recorder.port)
+        with NodeProcess(tmp_path, extra_toml=extra, study_quiet_seconds=0.5) as node:
+            web_port = node.web_port
+            assert web_port is not None
+            assert send(node.port, [canary_ct(), canary_ct()]) == [0, 0]  # two studies
+
+            def finished() -> str | None:
+                text = get(web_port, "/metrics")[1]
+                done = samples(text, "dicomnode_jobs").get((("state", "done"),), 0)
+                sent = samples(text, "dicomnode_deliveries").get((("state", "sent"),), 0)
+                return text if done == 2 and sent == 2 else None
+
+            deadline = time.monotonic() + 120
+            while (text := finished()) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    assert text is not None, "two jobs done and two deliveries sent in time"
+    pipeline = ("pipeline", "stats")
+    jobs = samples(text, "dicomnode_jobs_finished_total")
+    assert jobs[(pipeline, ("state", "done"))] == 2  # counted by the worker process
+    stages = samples(text, "dicomnode_job_stage_seconds_count")
+    for stage in ("queue", "model_load", "load", "model"):
+        assert stages[(pipeline, ("stage", stage))] == 2, stage
+    attempts = samples(text, "dicomnode_delivery_attempts_total")
+    assert attempts[(("outcome", "sent"), ("peer", "recorder"))] == 2
+    assert len(recorder.stored) == 2
+    for secret in (CANARY_NAME, CANARY_ID):
+        assert secret not in text
 
 
 @pytest.mark.postgres
