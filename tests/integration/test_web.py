@@ -194,6 +194,34 @@ def test_associations_rejected_are_counted_by_reason(node: NodeProcess) -> None:
     assert rejected[(("reason", "called_ae_title"),)] == 4
 
 
+def test_refusals_are_counted_by_their_reason(tmp_path: Path) -> None:
+    allowed = {"allowed_calling_aets": ["ONLYME"], "receive_processes": 1}
+    with NodeProcess(tmp_path, command="serve", **allowed) as node:
+        assert node.web_port is not None
+        before = get(node.web_port, "/metrics")[1]
+        ae = AE(ae_title="INTRUDER")
+        ae.acse_timeout = ae.network_timeout = 10
+        ae.add_requested_context(CTImageStorage)
+        assert not ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE").is_established
+        socket.create_connection(("127.0.0.1", node.port), timeout=5).close()  # a port probe
+
+        def rejected(text: str, reason: str) -> float:
+            counts = samples(text, "dicomnode_associations_rejected_total")
+            return counts.get((("reason", reason),), 0)
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            after = get(node.web_port, "/metrics")[1]
+            if rejected(after, "no_request") > rejected(before, "no_request"):
+                break
+            time.sleep(0.1)
+
+    assert rejected(after, "calling_ae_title") - rejected(before, "calling_ae_title") == 1
+    assert rejected(after, "no_request") - rejected(before, "no_request") == 1
+    accepted = samples(after, "dicomnode_associations_accepted_total")
+    assert (("calling_ae", "INTRUDER"),) not in accepted
+
+
 def job_and_route_settings(recorder_port: int) -> str:
     """A worker running ``test-stats`` on CT studies, and a route of CT to a recorder."""
     return (
