@@ -53,20 +53,21 @@ _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run everything on this machine: SCP, scheduler and supervised workers."""
-    hide_pixel_libraries()  # before the settings: compiling rules imports pydicom
-    settings = settings_of(ctx)
-    start_logging(ctx, settings, to_file=True)
-    _serve(ctx, settings, with_workers=True)
+    _start_serving(ctx, with_workers=True)
 
 
 @click.command(cls=NodeCommand)
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the SCP and the scheduler only; workers run elsewhere (`dicomnode worker`)."""
+    _start_serving(ctx, with_workers=False)
+
+
+def _start_serving(ctx: click.Context, with_workers: bool) -> None:
     hide_pixel_libraries()  # before the settings: compiling rules imports pydicom
     settings = settings_of(ctx)
     start_logging(ctx, settings, to_file=True)
-    _serve(ctx, settings, with_workers=False)
+    _serve(ctx, settings, with_workers=with_workers)
 
 
 def _check_models(settings: Settings) -> None:

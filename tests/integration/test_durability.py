@@ -18,6 +18,7 @@ from dicomnode.synth.ct import write_ct_series
 from tests.factories import dataset_bytes, encode, sha256_file, small_ct
 from tests.nodeproc import NodeProcess
 from tests.scu import send_file, storescu
+from tests.tmpfs import mounted_tmpfs
 
 
 def check_rows_match_files(node: NodeProcess) -> None:
@@ -32,18 +33,8 @@ def check_rows_match_files(node: NodeProcess) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_disk_full_answers_a700_leaves_nothing_partial_and_recovers(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tmpfs import mounted_tmpfs
+
 #: Count 100 new label sets once the disk is full; print how the process fared.
 COUNT_ON_A_FULL_DISK = """
 import os, sys
@@ -37,18 +39,8 @@ print("counted", os.environ.get("PROMETHEUS_MULTIPROC_DIR") == folder)
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def count(folder: Path, which: str) -> subprocess.CompletedProcess[str]:
