@@ -1,4 +1,4 @@
-"""The rule language: which series a rule matches (SPEC §3).
+"""The rule language: which series a rule matches (docs/jobs.md, "Rules").
 
 One language, read in three places:
 
@@ -69,7 +69,7 @@ MatchValue = str | int | float | list[str | int | float]
 DERIVED_KEYS = frozenset({"CallingAETitle", "ImagePlane"})
 
 #: Patient-module attributes that identify nobody; the rest of group 0010 is never
-#: recorded, so no patient name, ID or birth date reaches the index (SPEC §8).
+#: recorded, so no patient name, ID or birth date reaches the index (docs/receive.md, "Logs").
 _PATIENT_KEPT = frozenset({"PatientSex", "PatientAge", "PatientSize", "PatientWeight"})
 #: Value representations the index never records, with the reason a rule gets.
 UNRECORDED_VRS: Mapping[str, str] = {

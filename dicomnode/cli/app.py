@@ -3,7 +3,8 @@
 Settings are loaded once per invocation and kept in the click context's ``obj``, as
 are the options every command takes (:class:`NodeCommand`): ``--config``,
 ``--log-level`` and ``--log-json`` are accepted before the command and after it
-(SPEC §2: ``dicomnode run --config FILE`` is ``dicomnode --config FILE run``); one
+(docs/configuration.md: ``dicomnode run --config FILE`` is
+``dicomnode --config FILE run``); one
 given after the command wins.
 """
 

@@ -4,7 +4,8 @@ The commands in :mod:`dicomnode.cli.serving` stay thin; what they share about th
 of a process is here:
 
 - :func:`stop_event`: SIGTERM and SIGINT set an event the main thread waits on, so a
-  stop runs in order (SPEC §2: stop accepting, finish or release jobs, exit cleanly).
+  stop runs in order: stop accepting, finish or release jobs, exit cleanly
+  (docs/jobs.md, "Supervised processes").
 - :func:`stop_with_parent`: a supervised child stops when its node dies, however it
   dies (the lifeline pipe of :mod:`dicomnode.worker.supervisor`, else the kernel's
   parent-death signal and polling).
@@ -128,7 +129,7 @@ def drain_associations(server: AssociationServer, grace: float = 30.0) -> None:
 def hide_pixel_libraries() -> None:
     """Keep numpy (and so pydicom's pixel plugins) out of this serving process.
 
-    Receiving, indexing, scheduling and sending never decode pixels (SPEC §4), yet
+    Receiving, indexing, scheduling and sending never decode pixels (docs/receive.md), yet
     ``import pydicom`` loads numpy and every pixel plugin it finds: ~14 MB in each
     serving process. Marking numpy unavailable before pydicom is imported leaves
     pydicom without pixel support here, as it is designed to run. Workers, which

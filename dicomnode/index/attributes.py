@@ -14,7 +14,7 @@ What is recorded (:func:`unrecorded_reason` says why something is not):
   value of at most :data:`MAX_RECORDED_BYTES` bytes;
 * except sequences, bulk binary values (OB, OW, OF, OD, OL, OV, UN, AT) and person
   names (PN), and the Patient group (0010,xxxx) other than sex, age, size and
-  weight: no patient name, ID or birth date is stored (SPEC §8).
+  weight: no patient name, ID or birth date is stored (docs/receive.md, "Logs").
 
 Text values are decoded with the dataset's Specific Character Set and stripped of
 padding; a multi-valued value becomes a list. Binary numbers become numbers. An

@@ -2,7 +2,7 @@
 
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so that a
 committed row survives power loss, which is what a 0x0000 C-STORE response promises
-(SPEC §4). PostgreSQL needs nothing special.
+(docs/receive.md). PostgreSQL needs nothing special.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ backoff; it never gives up.
 Routes queue their deliveries when a study becomes stable
 (:func:`queue_route_deliveries`, inside that transaction), from the index alone.
 
-Outputs carry deterministic SOP Instance UIDs per job (SPEC §5): recording one
+Outputs carry deterministic SOP Instance UIDs per job (docs/jobs.md, "The queue"): recording one
 whose UID is already known replaces that row and queues its deliveries again, so a
 rerun is delivered once more, never twice. Only valid outputs are ever claimed.
 """
@@ -112,7 +112,7 @@ def record_output(
     size_bytes, sha256
         The file's size and SHA-256 (hex).
     valid
-        Whether the output passed validation (SPEC §7); only valid outputs are sent.
+        Whether the output passed validation (docs/outputs.md); only valid outputs are sent.
     validation
         The validator's message, kept for an invalid output.
     """

@@ -2,7 +2,7 @@
 
 Identical on SQLite and PostgreSQL; Alembic migrations in ``alembic/`` build this
 schema and ``tests/integration/test_migrations.py`` proves they match. Timestamps are
-stored as UTC. No patient name, ID or birth date is stored (SPEC §8).
+stored as UTC. No patient name, ID or birth date is stored (docs/receive.md, "Logs").
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class OutputKind(enum.StrEnum):
 
 
 class OutputState(enum.StrEnum):
-    """Whether an output passed the validation gate (SPEC §7); only valid ones are sent."""
+    """Whether an output passed the validation gate (docs/outputs.md); only valid ones are sent."""
 
     VALID = "valid"
     INVALID = "invalid"
@@ -281,7 +281,7 @@ class OutputRecord(Base):
     """One DICOM object a job produced (SEG, SR or SC), kept under ``data_dir``.
 
     The SOP Instance UID is deterministic per job, so a rerun replaces the row (and
-    re-queues its deliveries) instead of adding a second one (SPEC §5).
+    re-queues its deliveries) instead of adding a second one (docs/jobs.md, "The queue").
     """
 
     __tablename__ = "outputs"

@@ -1,4 +1,4 @@
-"""The validation gate every output passes before it is sent (SPEC section 7).
+"""The validation gate every output passes before it is sent (docs/outputs.md).
 
 :func:`validate_output` writes the object (unless it is given the file), runs
 ``dciodvfy -new`` (Debian dicom3tools), and reads the file back with pydicom and

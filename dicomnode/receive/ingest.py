@@ -1,6 +1,6 @@
 """Make a received instance durable: validate, fsync, rename, index, then answer.
 
-Success (0x0000) means durable (SPEC §4): the spooled file is fsynced, renamed to
+Success (0x0000) means durable (docs/receive.md): the spooled file is fsynced, renamed to
 its final path (same filesystem, so atomic), the directory fsynced and the index
 row committed before the handler returns. Association threads do the per-file work
 (validation, fsync) in parallel; one writer thread does the renames, directory

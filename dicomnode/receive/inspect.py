@@ -7,7 +7,7 @@ sequences). So :func:`inspect_instance` walks every element header of the receiv
 file itself, over a memory map, with bounded depth, never reading pixel values; on
 the way it picks up the few top-level attributes the index records. That single
 pass is also several times faster than a pydicom parse, which matters at hundreds
-of instances per second. Pixel data is never decoded here (SPEC §4).
+of instances per second. Pixel data is never decoded here (docs/receive.md).
 """
 
 from __future__ import annotations

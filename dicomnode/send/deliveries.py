@@ -3,7 +3,7 @@
 One run claims a batch of due deliveries, makes one association per peer (at most
 128 presentation contexts each, exactly the pairs being sent) and C-STOREs each file
 unchanged. Each response is classified with pynetdicom's ``code_to_category``
-(SPEC §7, STYLE):
+(docs/outputs.md, "Delivery"):
 
 * Success or Warning: sent (the warning text is kept);
 * 0xA7xx (Out of Resources) or a network error (refused, rejected, aborted, timed

@@ -179,7 +179,7 @@ def store_files(
             yield meta
         else:
             items.append(meta)
-    # Stream each dataset from its file as it is, never decoded (SPEC §4, §7).
+    # Stream each dataset from its file as it is, never decoded (docs/receive.md, docs/outputs.md).
     _config.STORE_SEND_CHUNKED_DATASET = True
     for batch, contexts in _groups(items):
         yield from _store_batch(batch, contexts, peer, calling_ae)

@@ -191,7 +191,7 @@ def test_rules_see_the_same_attributes_in_the_index_as_in_the_file(
     assert recorded["SliceThickness"] == "1.25"
     assert recorded["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
     assert recorded["Rows"] == 16
-    # No patient identifiers in the index (SPEC §8); sex and age are kept.
+    # No patient identifiers in the index (docs/receive.md, "Logs"); sex and age are kept.
     assert "PatientName" not in recorded and "PatientID" not in recorded
     assert "PatientBirthDate" not in recorded
     assert "PixelData" not in recorded
