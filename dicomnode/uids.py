@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from pydicom.uid import UID
 
-__all__ = ["derive_uid"]
+__all__ = ["derive_uid", "implementation_identity"]
 
 
 @lru_cache(maxsize=64)
@@ -38,3 +38,13 @@ def derive_uid(namespace: str, *parts: str) -> UID:
     """
     # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
     return UID(f"2.25.{uuid.uuid5(_namespace(namespace), chr(0x1F).join(parts)).int}")
+
+
+def implementation_identity(version: str) -> tuple[UID, str]:
+    """This node's Implementation Class UID and Version Name (PS3.7 D.3.3.2).
+
+    Sent in every association and written in the File Meta of every stored instance
+    (PS3.10 7.1), so a peer or a file names dicomnode, not the library underneath.
+    One UID per release: the class of implementation changes with the version.
+    """
+    return derive_uid("dicomnode.implementation", version), f"DICOMNODE_{version}"[:16]

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode import __version__
 from dicomnode.config import Settings
 from dicomnode.errors import ConfigError
 from dicomnode.metrics import ASSOCIATIONS_REJECTED
@@ -34,6 +35,7 @@ from dicomnode.receive._patches import (
 )
 from dicomnode.receive.ingest import Ingest
 from dicomnode.receive.spool import install_spool
+from dicomnode.uids import implementation_identity
 
 __all__ = ["NodeServer", "build_ae", "start_scp", "tls_context"]
 
@@ -376,6 +378,10 @@ def build_ae(settings: Settings) -> AE:
     ae.maximum_pdu_size = node.maximum_pdu_size
     ae.maximum_associations = node.maximum_associations
     ae.require_called_aet = True
+    # Peers see dicomnode in the association, not pynetdicom (PS3.7 D.3.3.2).
+    ae.implementation_class_uid, ae.implementation_version_name = implementation_identity(
+        __version__
+    )
     ae.require_calling_aet = list(node.allowed_calling_aets)
     ae.acse_timeout = 30
     ae.dimse_timeout = 60

@@ -35,10 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import (
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
-)
+from dicomnode import __version__
+from dicomnode.uids import implementation_identity
 
 __all__ = [
     "SpoolFile",
@@ -50,6 +48,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Written in the File Meta of every received instance: the node wrote the file.
+IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME = implementation_identity(__version__)
 
 _SPOOL_ATTR = "dicomnode_spool_dir"
 _OPEN_ATTR = "dicomnode_open_spools"
@@ -170,10 +171,11 @@ def _uid(value: str) -> bytes:
 
 
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """The File Meta Information group pynetdicom writes before a received dataset.
+    """The File Meta Information group written before a received dataset.
 
     The same bytes as ``pydicom.filewriter.write_file_meta_info`` writes for
-    ``pynetdicom.dsutils.create_file_meta`` with the same values (tested).
+    ``pynetdicom.dsutils.create_file_meta`` with the same values and this node's
+    implementation identity (tested).
     """
     elements = b"".join(
         (
@@ -182,8 +184,8 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: 
             _element(0x0002, b"UI", _uid(sop_class_uid), b"\x00"),
             _element(0x0003, b"UI", _uid(sop_instance_uid), b"\x00"),
             _element(0x0010, b"UI", _uid(transfer_syntax), b"\x00"),
-            _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID), b"\x00"),
-            _element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" "),
+            _element(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID), b"\x00"),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "),
         )
     )
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements)) + elements

@@ -22,9 +22,11 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
+from dicomnode import __version__
 from dicomnode.config import PeerSettings
 from dicomnode.errors import SendError
 from dicomnode.send._requestor import guard_responses
+from dicomnode.uids import implementation_identity
 
 __all__ = [
     "SendReport",
@@ -108,6 +110,10 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
 def _ae(calling_ae: str) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = CONNECT_TIMEOUT
+    # Peers see dicomnode in the association, not pynetdicom (PS3.7 D.3.3.2).
+    ae.implementation_class_uid, ae.implementation_version_name = implementation_identity(
+        __version__
+    )
     ae.acse_timeout = 30
     ae.dimse_timeout = 120
     ae.network_timeout = 60

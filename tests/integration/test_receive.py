@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
+from dicomnode import __version__
 from dicomnode.index.schema import AssociationRecord, StudyRecord, StudyState
 from dicomnode.receive.status import RESERVED_BY_PYNETDICOM, Status
+from dicomnode.uids import implementation_identity
 from tests.factories import (
     bogus_length_element,
     dataset_bytes,
@@ -347,3 +351,23 @@ def test_associations_are_recorded_with_their_instance_counts(
             break
         time.sleep(0.05)
     assert [(r.instances_received, r.end_reason) for r in rows] == [(1, "released")]
+
+
+def test_the_node_names_itself_on_the_wire_and_in_stored_files(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    uid, name = implementation_identity(__version__)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    # The A-ASSOCIATE-AC names dicomnode, not pynetdicom (PS3.7 D.3.3.2).
+    assert (
+        assoc.acceptor.implementation_class_uid,
+        assoc.acceptor.implementation_version_name,
+    ) == (uid, name)
+    ds = small_ct()
+    assert assoc.send_c_store(ds).Status == Status.SUCCESS
+    assoc.release()
+    meta = dcmread(stored_path(node, ds.SOPInstanceUID)).file_meta
+    assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (uid, name)

@@ -9,14 +9,20 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom.dsutils import create_file_meta
 
-from dicomnode.receive.spool import file_meta_bytes
+from dicomnode.receive.spool import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    file_meta_bytes,
+)
 
 
 def _pydicom(sop_class: str, sop_instance: str, syntax: str) -> bytes:
     out = BytesIO()
     meta = create_file_meta(
-        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
-    )
+        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax,
+        implementation_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version=IMPLEMENTATION_VERSION_NAME,
+    )  # fmt: skip
     write_file_meta_info(out, meta)  # type: ignore[arg-type]
     return out.getvalue()
 
