@@ -11,14 +11,12 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select, update
 
 from dicomnode.config import (
     NodeSettings,
@@ -28,7 +26,6 @@ from dicomnode.config import (
     RouteSettings,
     Settings,
 )
-from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
 from dicomnode.index.schema import (
     DeliveryRecord,
     InstanceRecord,
@@ -37,59 +34,24 @@ from dicomnode.index.schema import (
     SeriesRecord,
     StudyRecord,
 )
-from dicomnode.receive.ingest import Ingest, Outcome
+from dicomnode.receive.ingest import Outcome
 from dicomnode.receive.inspect import inspect_instance
-from dicomnode.receive.spool import SpoolFile
 from dicomnode.schedule.completion import complete_studies
 from dicomnode.schedule.plan import compile_plan
 from dicomnode.schedule.retention import apply_retention
 from dicomnode.send.deliveries import send_due_deliveries
-from tests.factories import encode, small_ct
+from tests.factories import small_ct
+from tests.ingested import DATABASES, IngestedNode, database_url, ingested_node, store
 from tests.recording_scp import RecordingSCP
 from tests.txwatch import WriteWatch
 
 QUIET_S = 0.05
 
 
-@dataclass
-class Node:
-    """The parts of a node these tests drive: ingest, and the scheduler's database."""
-
-    data_dir: Path
-    url: str
-    ingest: Ingest
-    #: The scheduler's own engine (ingest has its own, as in separate processes).
-    engine: Engine
-    sessions: sessionmaker[Session]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    upgrade_database(url)
-    data_dir = tmp_path / "var"
-    ingest_engine = make_engine(url)
-    ingest = Ingest(data_dir, ingest_engine)
-    ingest.start()
-    engine = make_engine(url)
-    try:
-        yield Node(data_dir, url, ingest, engine, make_session_factory(engine))
-    finally:
-        ingest.stop()
-        ingest_engine.dispose()
-        engine.dispose()
-
-
-def store(node: Node, ds: Dataset, calling_ae: str = "CT1") -> Outcome:
-    """C-STORE ``ds`` through the real ingest path, as the SCP handler does."""
-    spool = SpoolFile(node.ingest.spool_dir)
-    spool.write(encode(ds))
-    return node.ingest.store(
-        spool, str(ds.SOPClassUID), str(ds.SOPInstanceUID), calling_ae, association_id=None
-    )
+@pytest.fixture(params=DATABASES)
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IngestedNode]:
+    with ingested_node(database_url(request, tmp_path), tmp_path / "var") as ingested:
+        yield ingested
 
 
 def ct(study: str, series: str, number: int | None, **values: object) -> Dataset:
@@ -103,7 +65,7 @@ def ct(study: str, series: str, number: int | None, **values: object) -> Dataset
     return ds
 
 
-def settings(node: Node, **kwargs: object) -> Settings:
+def settings(node: IngestedNode, **kwargs: object) -> Settings:
     return Settings(
         node=NodeSettings(
             data_dir=node.data_dir, database_url=node.url, study_quiet_seconds=QUIET_S
@@ -112,18 +74,18 @@ def settings(node: Node, **kwargs: object) -> Settings:
     )
 
 
-def complete(node: Node, config: Settings) -> None:
+def complete(node: IngestedNode, config: Settings) -> None:
     time.sleep(QUIET_S * 2)  # the study is quiet
     stable = complete_studies(config, node.sessions, compile_plan(config))
     assert stable, "no study became stable"
 
 
-def jobs(node: Node) -> list[str]:
+def jobs(node: IngestedNode) -> list[str]:
     with node.sessions() as session:
         return sorted(session.scalars(select(JobRecord.pipeline)))
 
 
-def routed(node: Node) -> set[tuple[str, str | None, str]]:
+def routed(node: IngestedNode) -> set[tuple[str, str | None, str]]:
     """(SOP Instance UID, route, peer) of every instance delivery."""
     with node.sessions() as session:
         rows = session.execute(
@@ -133,7 +95,7 @@ def routed(node: Node) -> set[tuple[str, str | None, str]]:
         return set(rows)
 
 
-def series_row(node: Node, series_uid: str) -> SeriesRecord:
+def series_row(node: IngestedNode, series_uid: str) -> SeriesRecord:
     with node.sessions() as session:
         return session.scalars(
             select(SeriesRecord).where(SeriesRecord.series_instance_uid == series_uid)
@@ -143,7 +105,7 @@ def series_row(node: Node, series_uid: str) -> SeriesRecord:
 PEER = PeerSettings(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=104)
 
 
-def test_planner_matches_rules_with_every_instance_file_gone(node: Node) -> None:
+def test_planner_matches_rules_with_every_instance_file_gone(node: IngestedNode) -> None:
     study, axial, bone = generate_uid(), generate_uid(), generate_uid()
     for number in (1, 2):
         store(node, ct(study, axial, number, Manufacturer="ACME Medical"))
@@ -177,7 +139,7 @@ def test_planner_matches_rules_with_every_instance_file_gone(node: Node) -> None
 
 
 def test_rules_see_the_same_attributes_in_the_index_as_in_the_file(
-    node: Node, tmp_path: Path
+    node: IngestedNode, tmp_path: Path
 ) -> None:
     ds = ct(generate_uid(), generate_uid(), 1, StationName="CT-ROOM-2", SliceThickness="1.25")
     store(node, ds)
@@ -198,7 +160,7 @@ def test_rules_see_the_same_attributes_in_the_index_as_in_the_file(
 
 
 def test_series_representative_is_the_lowest_instance_number_whatever_the_arrival_order(
-    node: Node,
+    node: IngestedNode,
 ) -> None:
     study, series = generate_uid(), generate_uid()
     arrivals = [(None, "none"), (3, "three"), (1, "one"), (2, "two")]
@@ -215,7 +177,7 @@ def test_series_representative_is_the_lowest_instance_number_whatever_the_arriva
 
 
 def test_resent_representative_with_new_bytes_refreshes_the_series_attributes(
-    node: Node,
+    node: IngestedNode,
 ) -> None:
     study, series = generate_uid(), generate_uid()
     first = ct(study, series, 1, ConvolutionKernel="STANDARD")
@@ -230,7 +192,7 @@ def test_resent_representative_with_new_bytes_refreshes_the_series_attributes(
     assert json.loads(row.attributes or "")["ConvolutionKernel"] == "BONE"
 
 
-def test_watch_sees_a_file_read_inside_a_write_transaction(node: Node) -> None:
+def test_watch_sees_a_file_read_inside_a_write_transaction(node: IngestedNode) -> None:
     # The control for the test below: the watch does catch what it looks for.
     ds = ct(generate_uid(), generate_uid(), 1)
     store(node, ds)
@@ -245,7 +207,7 @@ def test_watch_sees_a_file_read_inside_a_write_transaction(node: Node) -> None:
     assert watch.files_read_outside == [str(path)]
 
 
-def test_scheduler_jobs_never_read_a_file_inside_a_write_transaction(node: Node) -> None:
+def test_scheduler_jobs_never_read_a_file_inside_a_write_transaction(node: IngestedNode) -> None:
     with RecordingSCP() as scp:
         peer = PeerSettings(name="archive", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port)
         config = settings(
@@ -276,7 +238,7 @@ def test_scheduler_jobs_never_read_a_file_inside_a_write_transaction(node: Node)
 
 
 def test_replanning_a_study_queues_only_its_new_instances(
-    node: Node, caplog: pytest.LogCaptureFixture
+    node: IngestedNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = settings(
         node,

@@ -9,67 +9,29 @@ of them, and nothing of another study.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select, update
 
 from dicomnode.config import NodeSettings, RetentionSettings, Settings
-from dicomnode.index.db import make_engine, make_session_factory, upgrade_database
-from dicomnode.index.layout import DataLayout
 from dicomnode.index.schema import JobRecord, JobState, StudyRecord, StudyState, utc_now
-from dicomnode.receive.ingest import Ingest, Outcome
-from dicomnode.receive.spool import SpoolFile
+from dicomnode.receive.ingest import Outcome
 from dicomnode.schedule.retention import apply_retention
-from tests.factories import encode, small_ct
+from tests.factories import small_ct
+from tests.ingested import DATABASES, IngestedNode, database_url, ingested_node, store
 
 
-@dataclass
-class Node:
-    """Ingest, and the scheduler's own sessions on the same database."""
-
-    layout: DataLayout
-    url: str
-    ingest: Ingest
-    engine: Engine
-    sessions: sessionmaker[Session]
+@pytest.fixture(params=DATABASES)
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IngestedNode]:
+    with ingested_node(database_url(request, tmp_path), tmp_path / "var") as ingested:
+        yield ingested
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    upgrade_database(url)
-    layout = DataLayout(tmp_path / "var")
-    ingest_engine = make_engine(url)
-    ingest = Ingest(layout.root, ingest_engine)
-    ingest.start()
-    engine = make_engine(url)
-    try:
-        yield Node(layout, url, ingest, engine, make_session_factory(engine))
-    finally:
-        ingest.stop()
-        ingest_engine.dispose()
-        engine.dispose()
-
-
-def store(node: Node, ds: Dataset) -> Outcome:
-    """C-STORE ``ds`` through the real ingest path, as the SCP handler does."""
-    spool = SpoolFile(node.ingest.spool_dir)
-    spool.write(encode(ds))
-    return node.ingest.store(
-        spool, str(ds.SOPClassUID), str(ds.SOPInstanceUID), "CT1", association_id=None
-    )
-
-
-def store_twice(node: Node) -> Dataset:
+def store_twice(node: IngestedNode) -> Dataset:
     """A new study's instance, received, then received again with other bytes."""
     first = small_ct(study_instance_uid=generate_uid(), series_instance_uid=generate_uid())
     assert store(node, first) is Outcome.STORED
@@ -78,7 +40,7 @@ def store_twice(node: Node) -> Dataset:
     return first
 
 
-def settle(node: Node, study_instance_uid: str, days_ago: float) -> int:
+def settle(node: IngestedNode, study_instance_uid: str, days_ago: float) -> int:
     """Make a study stable, last received ``days_ago``; its id."""
     with node.sessions() as session:
         session.execute(
@@ -92,7 +54,7 @@ def settle(node: Node, study_instance_uid: str, days_ago: float) -> int:
         ).one()
 
 
-def add_done_job(node: Node, study_id: int) -> Path:
+def add_done_job(node: IngestedNode, study_id: int) -> Path:
     """A finished job of the study, with a file in its folder; that folder."""
     with node.sessions() as session:
         job = JobRecord(
@@ -107,7 +69,7 @@ def add_done_job(node: Node, study_id: int) -> Path:
     return folder
 
 
-def retention(node: Node) -> Settings:
+def retention(node: IngestedNode) -> Settings:
     return Settings(
         node=NodeSettings(data_dir=node.layout.root, database_url=node.url),
         retention=RetentionSettings(max_age_days=1),
@@ -115,7 +77,7 @@ def retention(node: Node) -> Settings:
 
 
 def test_retention_deletes_the_superseded_copies_and_job_folders_of_a_deleted_study(
-    node: Node,
+    node: IngestedNode,
 ) -> None:
     old, kept = store_twice(node), store_twice(node)
     old_id = settle(node, old.StudyInstanceUID, days_ago=2)
@@ -136,7 +98,7 @@ def test_retention_deletes_the_superseded_copies_and_job_folders_of_a_deleted_st
     assert (node.layout.instances / kept.StudyInstanceUID).is_dir()
 
 
-def test_retention_deletes_superseded_copies_kept_by_earlier_releases(node: Node) -> None:
+def test_retention_deletes_superseded_copies_kept_by_earlier_releases(node: IngestedNode) -> None:
     # Before the per-study layout every copy lay in superseded/ itself.
     old = store_twice(node)
     settle(node, old.StudyInstanceUID, days_ago=2)
