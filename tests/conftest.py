@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from dicomnode.sockets import close_sockets_always
 from tests.pg import PostgresServer, postgres_available
+
+# The tests' own pynetdicom requestors (tests/nodeproc.wait_for_echo, tests/load.py) get
+# the fix the node's both sides install: a refused or reset connect closes its socket
+# instead of leaving it to a late finaliser (CI once failed a test for it).
+close_sockets_always()
 
 # Hypothesis profiles of tests/fuzz (docs/security.md, "Fuzzing"): "ci", the default, runs
 # fixed examples within 60 s for all of tests/fuzz on 2 cores; HYPOTHESIS_PROFILE=long

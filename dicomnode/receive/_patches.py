@@ -69,6 +69,7 @@ from pynetdicom.transport import AssociationSocket
 from dicomnode.errors import ConfigError
 from dicomnode.receive import spool
 from dicomnode.receive.inspect import is_valid_uid
+from dicomnode.sockets import close_sockets_always
 
 __all__ = [
     "MAX_ASSOCIATE_RQ_BYTES",
@@ -190,6 +191,12 @@ class Patch:
 
 PATCHES: tuple[Patch, ...] = (
     Patch(
+        "pynetdicom.transport.AssociationSocket._shutdown_socket (dicomnode.sockets)",
+        "shutdown() then close() in one try: close() skipped when shutdown() raises",
+        "a reset or never-connected socket leaked its file descriptor",
+        "tests/unit/test_sockets.py",
+    ),
+    Patch(
         "pynetdicom.dul.DULServiceProvider._read_pdu_data",
         "read header, allocate the claimed length, block until it arrives",
         "never allocate what a peer claims; abort a PDU that stalls",
@@ -297,6 +304,7 @@ def install() -> None:
     association as it is established.
     """
     check_versions()
+    close_sockets_always()
     with _install_lock:
         DULServiceProvider._read_pdu_data = read_pdu_bounded  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = run_reactor_then_clean_up  # type: ignore[method-assign]

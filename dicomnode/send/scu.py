@@ -26,6 +26,7 @@ from dicomnode import __version__
 from dicomnode.config import PeerSettings
 from dicomnode.errors import SendError
 from dicomnode.send._requestor import guard_responses
+from dicomnode.sockets import close_sockets_always
 from dicomnode.uids import implementation_identity
 
 __all__ = [
@@ -108,6 +109,7 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _ae(calling_ae: str) -> AE:
+    close_sockets_always()  # a refused connect must not leak its socket
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = CONNECT_TIMEOUT
     # Peers see dicomnode in the association, not pynetdicom (PS3.7 D.3.3.2).

@@ -14,13 +14,14 @@ unit              may import
 ``rules``         nothing of ours (the rule language: settings, schedule, models)
 ``kernel``        nothing of ours (the types models, outputs and synth share)
 ``metrics``       nothing of ours (every Prometheus metric; prometheus_client only)
+``sockets``       nothing of ours (pynetdicom's socket close, fixed for both sides)
 ``log``           errors
 ``forked``        errors, log
 ``config``        errors, log, rules, index.layout (the data folder's paths: the
                   SQLite file and the models folder)
 ``index.layout``  nothing of ours (only the standard library)
 ``index``         the neutral helpers: the root package (``__version__``), errors,
-                  log, uids, forked, kernel, rules, metrics
+                  log, uids, forked, kernel, rules, metrics, sockets
 ``models``        the neutral helpers (the only unit that imports torch)
 ``outputs``       the neutral helpers
 ``volumes``       the neutral helpers
@@ -58,7 +59,9 @@ import dicomnode
 
 PACKAGE = Path(dicomnode.__file__).parent
 
-NEUTRAL = frozenset({"dicomnode", "errors", "log", "uids", "forked", "kernel", "rules", "metrics"})
+NEUTRAL = frozenset(
+    {"dicomnode", "errors", "log", "uids", "forked", "kernel", "rules", "metrics", "sockets"}
+)
 STAGE = NEUTRAL | {"config", "index"}
 LIBRARIES = frozenset({"models", "outputs", "volumes"})
 EVERYTHING = frozenset({"*"})
@@ -70,6 +73,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "rules": frozenset(),
     "kernel": frozenset(),
     "metrics": frozenset(),
+    "sockets": frozenset(),
     "log": frozenset({"errors"}),
     "forked": frozenset({"errors", "log"}),
     "config": frozenset({"errors", "log", "rules", "index.layout"}),
