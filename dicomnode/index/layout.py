@@ -27,12 +27,16 @@ folder                  holds                                         per study
 ``metrics/``            the Prometheus values of the node's           no
                         processes (multiprocess mode), emptied by
                         the node at start (:mod:`dicomnode.metrics`)
+``previews/``           rendered result thumbnails, a cache; safe     yes
+                        to delete: ``<study>/<key>.png``
+                        (:mod:`dicomnode.web.previews`)
 ``dicomnode.sqlite``    the index, when no ``database_url`` is set    no
 ======================  ============================================  =============
 
 :meth:`DataLayout.remove_study_files` deletes every per-study file of a study that
 retention deleted; the others are owned by their stage (the spool is emptied at
-start, quarantine is left to an administrator).
+start, quarantine is left to an administrator). A study's previews go with it too,
+as a whole folder: they are a cache, and one rendered meanwhile is rendered again.
 
 This module imports nothing of ours (only the standard library), so that
 :mod:`dicomnode.config` may take the SQLite file and the models folder from it
@@ -120,6 +124,11 @@ class DataLayout:
         return self.root / "metrics"
 
     @property
+    def previews(self) -> Path:
+        """Rendered result thumbnails, a cache (:class:`dicomnode.web.previews.PreviewCache`)."""
+        return self.root / "previews"
+
+    @property
     def database(self) -> Path:
         """The SQLite index used when no ``database_url`` is set."""
         return self.root / "dicomnode.sqlite"
@@ -188,6 +197,11 @@ class DataLayout:
         """Where a job's output (``seg``, ``sr``, ``sc``) is kept."""
         return self.job_folder(job_id) / f"{_component(kind)}-{_component(sop_instance_uid)}.dcm"
 
+    def preview_dir(self, study_instance_uid: str) -> Path:
+        """The folder of one study's rendered previews; retention deletes it with the
+        study."""
+        return self.previews / _component(study_instance_uid)
+
     def quarantine_path(self, instance_file: Path) -> Path:
         """Where reconcile moves an instance file it cannot index: the same path under
         ``quarantine/`` as under ``instances/``."""
@@ -221,9 +235,10 @@ class DataLayout:
 
         That is every per-study folder of the module docstring: the instance files
         (by the paths their rows recorded), the superseded copies of those instances,
-        and the jobs' folders (masks and outputs). Folders left empty are removed.
-        Only files named by the deleted rows are touched, never a whole study folder:
-        the same study may be received again while this runs.
+        the jobs' folders (masks and outputs) and the study's previews. Folders left
+        empty are removed. Only files named by the deleted rows are touched, never a
+        whole study folder, since the same study may be received again while this
+        runs; the previews folder is the exception: a cache, re-rendered on demand.
         """
         removed = 0
         files = [self.path(p) for p in instance_paths]
@@ -236,6 +251,7 @@ class DataLayout:
                 pass  # removed before (a crash between rows and files): fine
         for job_id in job_ids:  # the jobs' masks and outputs went with their rows
             shutil.rmtree(self.job_folder(job_id), ignore_errors=True)
+        shutil.rmtree(self.preview_dir(study_instance_uid), ignore_errors=True)
         for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
             for empty in (folder, folder.parent):
                 if not self._study_subfolder(empty):
