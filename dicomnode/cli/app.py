@@ -24,7 +24,7 @@ from dicomnode import __version__
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import ConfigError, IndexSchemaError
 from dicomnode.index.layout import DataLayout
-from dicomnode.log import configure_logging
+from dicomnode.log import configure_logging, take_channel
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -117,13 +117,31 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
+#: The role on the records of a long-running command's process; a process the node
+#: started is told its own (``receiver-2``, ``worker-1``) with its log channel.
+_ROLES = {"run": "main", "serve": "main", "receive": "receiver", "worker": "worker"}
+
+
 def start_logging(
     ctx: click.Context, settings: Settings | None = None, to_file: bool = False
 ) -> None:
-    """Install the log handlers: stderr, and ``data_dir/logs`` when ``to_file``."""
+    """Install the log handlers: stderr, and the node's log file when ``to_file``.
+
+    A process started by the node (``--supervised``) finds its channel to the node's
+    file in the environment and sends its records there instead; the serving process
+    writes them, so the file has one writer (see :mod:`dicomnode.log`).
+    """
     obj: dict[str, Any] = ctx.ensure_object(dict)
+    role = _ROLES.get(ctx.info_name or "")
     log_dir = DataLayout(settings.data_dir).logs if settings is not None and to_file else None
-    configure_logging(obj.get("log_level", "INFO"), log_dir, _log_style(obj))
+    channel = take_channel()
+    if channel is not None:
+        log_dir = None
+        role = channel[1]
+    configure_logging(
+        obj.get("log_level", "INFO"), log_dir, _log_style(obj), role,
+        channel[0] if channel is not None else None,
+    )  # fmt: skip
 
 
 def _log_style(obj: dict[str, Any]) -> Literal["text", "json"]:

@@ -18,6 +18,11 @@ the end-of-file and stops the child.
 
 Workers run :data:`WORKER_NICENESS` steps nicer than the node, so loading or running a
 model never takes the CPU from receiving and scheduling.
+
+Every child also gets a log channel into the node's log file (:mod:`dicomnode.log`,
+:data:`~dicomnode.log.LOG_CHANNEL_ENV`) and a role its records carry there:
+``receiver-2`` ... ``receiver-N`` for the extra receiving processes (the node itself is
+the first), ``worker-1`` ... for the workers. A restarted child keeps its slot's role.
 """
 
 from __future__ import annotations
@@ -232,16 +237,40 @@ class Supervisor:
             niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.worker_niceness)
         return Lifeline(os.getpid(), self._lifeline_read, niceness)
 
+    def log_role(self, slot: int) -> str:
+        """The role the records of the child in ``slot`` carry in the node's log."""
+        role = self.roles[slot]
+        number = self.roles[:slot].count(role) + 1
+        # The node is the first receiving process: its extra ones count from 2.
+        return f"receiver-{number + 1}" if role == "receive" else f"{role}-{number}"
+
     def _spawn(self, slot: int) -> None:
+        # Imported here: `python -m dicomnode` imports this module before it arms the
+        # lifeline, and that must stay quick.
+        from dicomnode.log import LOG_CHANNEL_ENV, open_channel
+
         role = self.roles[slot]
         lifeline = self._lifeline(role)
         env = {**os.environ, LIFELINE_ENV: lifeline.to_environment()}
-        proc = subprocess.Popen(self._command(role), env=env, pass_fds=(lifeline.fd,))
+        fds = [lifeline.fd]
+        channel = open_channel(self.log_role(slot))
+        if channel is not None:
+            env[LOG_CHANNEL_ENV] = channel.to_environment()
+            fds.append(channel.child_fd)
+        try:
+            proc = subprocess.Popen(self._command(role), env=env, pass_fds=fds)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
+        if channel is not None:  # the child holds its end now; its exit closes the channel
+            channel.close_child_end()
+            channel.serve()
         self.procs[slot] = proc
         logger.info(
             f"{role} process started",
             extra={"action": f"{role}_spawned", "slot": slot, "pid": proc.pid,
-                   "niceness": lifeline.niceness},
+                   "niceness": lifeline.niceness, "log_role": self.log_role(slot)},
         )  # fmt: skip
 
     def start(self) -> None:
