@@ -10,6 +10,10 @@ fails the attempt (:func:`recover_expired_leases`) and the job is claimed again.
 Failed attempts are retried with exponential backoff and jitter
 (:func:`~dicomnode.index.leases.backoff_seconds`) until ``max_attempts``, then the
 job is dead.
+
+Each attempt that ends (:func:`finish_job`, :func:`fail_job`, lease recovery and the
+timeout included) records a ``study_processed`` audit event after its own commit
+(:mod:`dicomnode.index.audit`): an audit failure never fails the job.
 """
 
 from __future__ import annotations
@@ -21,8 +25,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, and_, func, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.index.audit import record_audit_event
 from dicomnode.index.leases import RELEASED, backoff_seconds, lease_lapsed, lease_to, owned_by
-from dicomnode.index.schema import JobRecord, JobState, StudyRecord, utc_now
+from dicomnode.index.schema import (
+    AuditEventType,
+    AuditOutcome,
+    JobRecord,
+    JobState,
+    StudyRecord,
+    utc_now,
+)
 
 __all__ = [
     "ClaimedJob",
@@ -202,7 +214,7 @@ def finish_job(
     timings: dict[str, float],
 ) -> bool:
     """Record a done or not-applicable job; False if the lease was lost (commits)."""
-    updated = session.execute(
+    finished = session.execute(
         update(JobRecord)
         .where(_held(job_id, owner))  # type: ignore[arg-type]
         .values(
@@ -213,9 +225,43 @@ def finish_job(
             lease_expires_at=None,  # lease_owner stays: it tells who ran the job
             error=None,
         )
-    )
+        .returning(JobRecord.study_id, JobRecord.pipeline)
+    ).one_or_none()
+    study = _study_uid(session, finished.study_id) if finished is not None else None
     session.commit()
-    return bool(updated.rowcount)  # type: ignore[attr-defined]
+    if finished is None:
+        return False
+    _audit(session, job_id, finished.pipeline, study, state, owner)
+    return True
+
+
+def _study_uid(session: Session, study_id: int) -> str | None:
+    return session.scalar(select(StudyRecord.study_instance_uid).where(StudyRecord.id == study_id))
+
+
+def _audit(
+    session: Session,
+    job_id: int,
+    pipeline: str,
+    study_instance_uid: str | None,
+    state: JobState,
+    owner: str | None,
+    error: str | None = None,
+) -> None:
+    """Record the ``study_processed`` audit event of an attempt that ended (commits;
+    never raises for a database error)."""
+    outcome = {
+        JobState.DONE: AuditOutcome.SUCCESS,
+        JobState.NOT_APPLICABLE: AuditOutcome.SUCCESS,
+        JobState.FAILED: AuditOutcome.MINOR_FAILURE,  # retried after its backoff
+    }.get(state, AuditOutcome.SERIOUS_FAILURE)
+    detail = f"job {job_id} ({pipeline}): {state.value}"
+    if error:
+        detail += f": {error}"  # our own words (worker.runner.job_error)
+    record_audit_event(
+        session, AuditEventType.STUDY_PROCESSED, outcome=outcome,
+        study_instance_uid=study_instance_uid, detail=detail, actor=owner or "scheduler",
+    )  # fmt: skip
 
 
 def fail_job(
@@ -249,8 +295,10 @@ def fail_job(
         job.timings = json.dumps(timings, sort_keys=True)
     if not dead:
         job.run_after = utc_now() + timedelta(seconds=backoff_seconds(job.attempts, base_backoff))
-    state = job.state
+    state, pipeline, error = job.state, job.pipeline, job.error
+    study = _study_uid(session, job.study_id)
     session.commit()
+    _audit(session, job_id, pipeline, study, state, owner, error)
     return state
 
 

@@ -29,6 +29,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "AssociationRecord",
+    "AuditEventRecord",
+    "AuditEventType",
+    "AuditOutcome",
     "Base",
     "DeliveryRecord",
     "DeliveryState",
@@ -111,6 +114,36 @@ class OutputState(enum.StrEnum):
 
     VALID = "valid"
     INVALID = "invalid"
+
+
+class AuditEventType(enum.StrEnum):
+    """What an audit event records (``docs/operate.md``, "Audit trail"); persisted as text.
+
+    A plain string column, not a native enum type: a new event needs no migration.
+    """
+
+    ASSOCIATION_ACCEPTED = "association_accepted"
+    ASSOCIATION_REJECTED = "association_rejected"
+    #: One per association and study, when the association ends (PS3.15 A.5.3, "DICOM
+    #: Instances Transferred").
+    INSTANCES_STORED = "instances_stored"
+    STUDY_PROCESSED = "study_processed"  # a job attempt ended: done, not applicable, failed
+    STUDY_DELETED = "study_deleted"  # by retention
+    OUTPUT_SENT = "output_sent"  # routed instances or outputs a peer kept
+    OUTPUT_FAILED = "output_failed"  # refused for good
+    DELIVERY_RETRIED = "delivery_retried"  # 0xA7xx or a network error: tried again later
+    WEB_ACTION = "web_action"  # an action of the web page (retry, cancel, ...)
+    SETTINGS_LOADED = "settings_loaded"  # run / serve started with its settings
+    APPLICATION_STOPPED = "application_stopped"  # run / serve stopped
+
+
+class AuditOutcome(enum.IntEnum):
+    """PS3.15 A.5.1 EventOutcomeIndicator; persisted as its number."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4  # e.g. retried, or refused at once (a rejected association)
+    SERIOUS_FAILURE = 8  # the action ended without doing what it should
+    MAJOR_FAILURE = 12  # the node is unavailable
 
 
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
@@ -339,4 +372,48 @@ class DeliveryRecord(Leased, Base):
             "(instance_id IS NULL) <> (output_id IS NULL)", name="ck_deliveries_one_item"
         ),
         Index("ix_deliveries_state_run_after", "state", "run_after"),
+    )
+
+
+class AuditEventRecord(Leased, Base):
+    """One security-relevant event (``docs/operate.md``, "Audit trail").
+
+    Never patient data: UIDs, AE titles, addresses, counts and our own short words.
+    ``forwarded_at`` is set once the event went to the syslog collector; the forwarder
+    claims unforwarded events with the shared lease (:mod:`dicomnode.index.leases`).
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    #: An :class:`AuditEventType` value.
+    event: Mapped[str] = mapped_column(String(32))
+    #: An :class:`AuditOutcome` value (0, 4, 8, 12).
+    outcome: Mapped[int] = mapped_column(Integer, default=0)
+    calling_ae: Mapped[str | None] = mapped_column(AE)
+    called_ae: Mapped[str | None] = mapped_column(AE)
+    #: The peer's IP address (or host name): the calling side's for what we receive,
+    #: the called side's for what we send.
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    #: How many instances the event is about (instances stored or sent), if any.
+    instances: Mapped[int | None] = mapped_column(Integer)
+    #: JSON object of those instances' SOP Class UIDs and how many of each.
+    sop_classes: Mapped[str | None] = mapped_column(Text)
+    #: Our own short words (a reason, a count, the action taken); never patient data.
+    detail: Mapped[str | None] = mapped_column(String(256))
+    #: Who acted: a web token's fingerprint, a process role ("worker", "scheduler").
+    actor: Mapped[str | None] = mapped_column(String(128))
+    forwarded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        # The audit page: newest first (the primary key), optionally of one event type.
+        Index("ix_audit_events_event_id", "event", "id"),
+        Index("ix_audit_events_study_instance_uid", "study_instance_uid"),
+        Index("ix_audit_events_calling_ae", "calling_ae"),
+        # The forwarder: the oldest not yet forwarded (forwarded_at IS NULL, by id).
+        Index("ix_audit_events_forwarded_at_id", "forwarded_at", "id"),
+        # Retention: everything older than the cutoff.
+        Index("ix_audit_events_occurred_at", "occurred_at"),
     )

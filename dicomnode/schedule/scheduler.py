@@ -1,7 +1,8 @@
-"""APScheduler jobs of the serving process: completion, planning, leases, retention, sending.
+"""APScheduler jobs of the serving process: completion, planning, leases, retention,
+sending, and forwarding the audit trail.
 
-Stages talk only through the index (STYLE), so the sending job is a callable the CLI
-passes in rather than an import of :mod:`dicomnode.send`.
+Stages talk only through the index (STYLE), so the sending and forwarding jobs are
+callables the CLI passes in rather than imports of :mod:`dicomnode.send`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from dicomnode.schedule.completion import complete_studies
 from dicomnode.schedule.plan import compile_plan
 from dicomnode.schedule.retention import apply_retention
 
-__all__ = ["SEND_INTERVAL_SECONDS", "build_scheduler", "scan_interval"]
+__all__ = [
+    "FORWARD_AUDIT_INTERVAL_SECONDS",
+    "SEND_INTERVAL_SECONDS",
+    "build_scheduler",
+    "scan_interval",
+]
 
 logger = logging.getLogger(__name__)
 
 #: How often due deliveries are looked for (a cheap read when there are none).
 SEND_INTERVAL_SECONDS = 0.25
+#: How often unforwarded audit events are looked for (the forwarder backs off by itself
+#: while its collector is down).
+FORWARD_AUDIT_INTERVAL_SECONDS = 1.0
 
 
 def scan_interval(quiet_seconds: float) -> float:
@@ -52,6 +61,7 @@ def build_scheduler(
     settings: Settings,
     session_factory: sessionmaker[Session],
     send_deliveries: Callable[[], object] | None = None,
+    forward_audit: Callable[[], object] | None = None,
 ) -> BackgroundScheduler:
     """A scheduler (not started) with the node's periodic jobs.
 
@@ -64,6 +74,10 @@ def build_scheduler(
     send_deliveries
         Sends the due deliveries (``dicomnode.send.deliveries.send_due_deliveries``
         bound to the node); run every SEND_INTERVAL_SECONDS, one run at a time. None: no sending.
+    forward_audit
+        Forwards unforwarded audit events to the syslog collector
+        (``dicomnode.send.audit_syslog.AuditForwarder``); run every
+        FORWARD_AUDIT_INTERVAL_SECONDS, one run at a time. None: no forwarding.
     """
     scheduler = BackgroundScheduler(timezone="UTC")
     plan = compile_plan(settings)
@@ -83,6 +97,8 @@ def build_scheduler(
     }
     if send_deliveries is not None:
         periodic["send_deliveries"] = (SEND_INTERVAL_SECONDS, send_deliveries)
+    if forward_audit is not None:
+        periodic["forward_audit"] = (FORWARD_AUDIT_INTERVAL_SECONDS, forward_audit)
     for name, (seconds, work) in periodic.items():
         scheduler.add_job(
             _guarded(name, work), "interval", seconds=seconds, id=name,

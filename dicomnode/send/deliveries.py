@@ -15,6 +15,10 @@ unchanged. Each response is classified with pynetdicom's ``code_to_category``
 
 All deliveries of one peer that are retried in a run get the same backoff, so they
 stay together and the next attempt is again one association.
+
+Each peer batch records its audit events once it is done (``docs/operate.md``, "Audit
+trail"): per study, one ``output_sent``, ``delivery_retried`` or ``output_failed``
+event with the number of items and their SOP classes, never one per delivery.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import logging
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from pathlib import Path
@@ -33,6 +38,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import PeerSettings, Settings
+from dicomnode.index.audit import AuditEntry, delivered_items, record_audit_events
 from dicomnode.index.deliveries import (
     ClaimedDelivery,
     claim_due_deliveries,
@@ -42,7 +48,7 @@ from dicomnode.index.deliveries import (
 )
 from dicomnode.index.layout import DataLayout
 from dicomnode.index.leases import backoff_seconds
-from dicomnode.index.schema import utc_now
+from dicomnode.index.schema import AuditEventType, AuditOutcome, utc_now
 from dicomnode.metrics import DELIVERY_ATTEMPTS
 from dicomnode.send.scu import StoreOutcome, StoreResult, store_files
 
@@ -52,6 +58,12 @@ logger = logging.getLogger(__name__)
 
 #: Peers served at once in one run, each over its own association.
 MAX_PARALLEL_PEERS = 4
+#: The audit event of each recorded outcome (the recorder's labels).
+_AUDITED = {
+    "sent": (AuditEventType.OUTPUT_SENT, AuditOutcome.SUCCESS),  # a warning too
+    "retry": (AuditEventType.DELIVERY_RETRIED, AuditOutcome.MINOR_FAILURE),
+    "failed": (AuditEventType.OUTPUT_FAILED, AuditOutcome.SERIOUS_FAILURE),
+}
 
 
 @dataclass
@@ -144,6 +156,8 @@ class _Recorder:
         self.owner = owner
         self.backoff = backoff
         self.counts = DeliveryCounts()
+        #: Each recorded outcome, for the audit events: delivery id, label, status.
+        self.outcomes: list[tuple[int, str, int | None]] = []
 
     def record(self, delivery: ClaimedDelivery, result: StoreResult) -> None:
         outcome = result.outcome
@@ -175,6 +189,10 @@ class _Recorder:
                            "status": result.status, "error": error},
                 )  # fmt: skip
         DELIVERY_ATTEMPTS.labels(delivery.peer, label if kept else "lost").inc()
+        if kept:  # a warning counts as sent (the peer kept the item)
+            self.outcomes.append(
+                (delivery.id, "sent" if label == "warning" else label, result.status)
+            )
 
     def _count(self, kept: bool, field: str) -> None:
         if kept:
@@ -197,6 +215,7 @@ def _send_peer_batch(
             error = f"peer {batch[0].peer!r} is not configured"
             for delivery in batch:
                 recorder.record(delivery, StoreResult(Path(), StoreOutcome.FAILED, error=error))
+            _audit(session, settings, batch[0].peer, None, recorder.outcomes)
             return recorder.counts
         # The same file for one peer twice (two routes): sent once, recorded for both.
         by_path: dict[Path, list[ClaimedDelivery]] = {}
@@ -217,7 +236,63 @@ def _send_peer_batch(
         for result in store_files(list(by_path), peer, settings.node.ae_title):
             for delivery in by_path[result.path]:
                 recorder.record(delivery, result)
+        _audit(session, settings, peer.name, peer, recorder.outcomes)
         return recorder.counts
+
+
+@dataclass
+class _Group:
+    """The deliveries of one study with one outcome, in a peer batch."""
+
+    count: int = 0
+    sop_classes: Counter[str] = field(default_factory=Counter)
+    #: Why they were not sent: statuses, or "network error" / "not sent".
+    reasons: set[str] = field(default_factory=set)
+
+
+def _audit(
+    session: Session,
+    settings: Settings,
+    peer_name: str,
+    peer: PeerSettings | None,
+    outcomes: list[tuple[int, str, int | None]],
+) -> None:
+    """Record a peer batch's audit events: per study and event, how many items of which
+    SOP classes, and the statuses that refused or deferred them (never raises)."""
+    if not outcomes:
+        return
+    try:
+        items = delivered_items(session, [delivery_id for delivery_id, _, _ in outcomes])
+    except Exception:
+        session.rollback()
+        logger.exception("audit events not recorded", extra={"action": "audit_record_failed"})
+        return
+    groups: dict[tuple[str | None, str], _Group] = {}
+    for delivery_id, label, status in outcomes:
+        item = items.get(delivery_id)
+        group = groups.setdefault((item.study_instance_uid if item else None, label), _Group())
+        group.count += 1
+        if item is not None and item.sop_class_uid:
+            group.sop_classes[item.sop_class_uid] += 1
+        if label != "sent":
+            why = "network error" if label == "retry" else "not sent"
+            group.reasons.add(why if status is None else f"status 0x{status:04X}")
+    entries = []
+    for (study, label), group in groups.items():
+        event, outcome = _AUDITED[label]
+        detail = f"{group.count} {'retried' if label == 'retry' else label} to {peer_name}"
+        if group.reasons:
+            detail += f" ({', '.join(sorted(group.reasons))})"
+        entries.append(
+            AuditEntry(
+                event, outcome, calling_ae=settings.node.ae_title,
+                called_ae=peer.ae_title if peer else None,
+                peer_address=peer.host if peer else None, study_instance_uid=study,
+                instances=group.count, sop_classes=group.sop_classes, detail=detail,
+                actor="send",
+            )
+        )  # fmt: skip
+    record_audit_events(session, entries)
 
 
 def _batch_backoff(
