@@ -56,6 +56,7 @@ RECEIVERS = ("dicomnode", "dicomnode-run", "orthanc", "storescp")
 AE_TITLES = {
     "dicomnode": "DICOMNODE",
     "dicomnode-run": "DICOMNODE",
+    "dicomnode-polled": "DICOMNODE",
     "orthanc": "ORTHANC",
     "storescp": "STORESCP",
 }
@@ -232,6 +233,12 @@ class Receiver:
             self.proc.wait()
             raise RuntimeError(f"{self.name} ignored SIGTERM for {timeout:.0f} s") from None
 
+    def begin_load(self) -> None:
+        """Called as the senders start (a receiver with load of its own starts it)."""
+
+    def end_load(self) -> None:
+        """Called once the senders are done."""
+
     def log_tail(self, lines: int = 40) -> str:
         """The last lines the receiver wrote to stdout/stderr."""
         text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
@@ -273,6 +280,43 @@ class DicomnodeRunReceiver(DicomnodeReceiver):
     def command(self) -> tuple[list[str], dict[str, str]]:
         argv, env = super().command()
         return [*argv[:-1], "run"], env
+
+
+class DicomnodePolledReceiver(DicomnodeReceiver):
+    """``dicomnode serve`` while a browser-like poller loads its web page the whole time:
+    the overview, the studies list and ``/metrics`` in turn, back to back
+    (``--receivers dicomnode,dicomnode-polled`` shows what serving the page costs)."""
+
+    name = "dicomnode-polled"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        argv, env = super().command()
+        self.web_port = free_port()
+        config = self.workdir / "settings.toml"
+        config.write_text(
+            config.read_text(encoding="utf-8") + f"[web]\nport = {self.web_port}\n",
+            encoding="utf-8",
+        )
+        return argv, env
+
+    def begin_load(self) -> None:
+        self._polling = threading.Event()
+        self.pages = 0
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        paths = ("/", "/studies", "/metrics")
+        while not self._polling.is_set():
+            url = f"http://127.0.0.1:{self.web_port}{paths[self.pages % len(paths)]}"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                response.read()
+            self.pages += 1
+
+    def end_load(self) -> None:
+        self._polling.set()
+        self._poller.join()
+        print(f"   {self.pages} pages served during the run", file=sys.stderr)
 
 
 class OrthancReceiver(Receiver):
@@ -329,7 +373,13 @@ class StorescpReceiver(Receiver):
 
 RECEIVER_CLASSES: dict[str, type[Receiver]] = {
     cls.name: cls
-    for cls in (DicomnodeReceiver, DicomnodeRunReceiver, OrthancReceiver, StorescpReceiver)
+    for cls in (
+        DicomnodeReceiver,
+        DicomnodeRunReceiver,
+        DicomnodePolledReceiver,
+        OrthancReceiver,
+        StorescpReceiver,
+    )
 }
 
 
@@ -415,6 +465,7 @@ def run_once(name: str, workload: Workload, repeat: int, scratch: Path) -> RunRe
         sampler.start()
         logs = [(workdir / f"storescu{i}.log").open("wb") for i in range(len(workload.folders))]
         argv = ["storescu", "-aet", "BENCHSCU", "-aec", receiver.ae_title, "+sd", "+r", "-nh"]
+        receiver.begin_load()
         begin = time.perf_counter()
         senders = []
         for folder, log in zip(workload.folders, logs, strict=True):
@@ -422,6 +473,7 @@ def run_once(name: str, workload: Workload, repeat: int, scratch: Path) -> RunRe
             senders.append(subprocess.Popen(cmd, env=DCMTK_ENV, stdout=log, stderr=log))
         codes = [sender.wait() for sender in senders]
         result.seconds = time.perf_counter() - begin
+        receiver.end_load()
         for log in logs:
             log.close()
         result.peak_rss_mb = sampler.finish() / 1024

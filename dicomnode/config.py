@@ -24,7 +24,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,6 +37,7 @@ from dicomnode.index.layout import DataLayout
 from dicomnode.rules import MatchValue, compile_match
 
 __all__ = [
+    "AuditSettings",
     "ModelsSettings",
     "NodeSettings",
     "PeerSettings",
@@ -172,6 +175,10 @@ class WebSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: The bearer token the page's actions need (retry, cancel, force-complete); only
+    #: from the environment (``DICOMNODE_WEB__TOKEN``), never the settings file. Empty:
+    #: the page is read-only and every action is refused.
+    token: SecretStr = SecretStr("")
 
 
 class SendSettings(_Section):
@@ -184,6 +191,45 @@ class SendSettings(_Section):
     max_backoff_seconds: Annotated[float, Field(gt=0)] = 300
     #: Deliveries claimed per run (one association per peer among them).
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 200
+
+
+class AuditSettings(_Section):
+    """The ``[audit]`` section: the audit trail's retention and its syslog collector
+    (``docs/operate.md``, "Audit trail")."""
+
+    #: Delete audit events older than this (0: keep them forever); one not yet
+    #: forwarded to a configured collector is kept until it is.
+    retention_days: Annotated[float, Field(ge=0)] = 365
+    #: The syslog collector that gets every event as a DICOM audit message (PS3.15
+    #: A.5) over TCP (RFC 5424 with RFC 6587 framing); empty: no forwarding.
+    syslog_host: str = ""
+    #: Its port; 0: the standard one, 6514 with TLS (RFC 5425), 601 without.
+    syslog_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    #: Send over TLS 1.2+, checking the collector's certificate (RFC 5425).
+    syslog_tls: bool = False
+    #: PEM CA file that signed the collector's certificate; empty: the system's CAs.
+    syslog_ca: str = ""
+    #: APP-NAME of every syslog message (RFC 5424: 1-48 printable ASCII characters).
+    syslog_app_name: str = "dicomnode"
+
+    @field_validator("syslog_app_name")
+    @classmethod
+    def _check_app_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[\x21-\x7e]{1,48}", value):
+            raise ValueError(f"{value!r} is not 1-48 printable ASCII characters")
+        return value
+
+    @field_validator("syslog_ca")
+    @classmethod
+    def _check_ca(cls, value: str, info: ValidationInfo) -> str:
+        if value and not info.data.get("syslog_tls"):
+            raise ValueError("needs syslog_tls = true")
+        return value
+
+    @property
+    def port(self) -> int:
+        """The collector's port: ``syslog_port``, or the standard one for the transport."""
+        return self.syslog_port or (6514 if self.syslog_tls else 601)
 
 
 class PeerSettings(_Section):
@@ -270,6 +316,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     models: ModelsSettings = ModelsSettings()
     send: SendSettings = SendSettings()
+    audit: AuditSettings = AuditSettings()
     peers: tuple[PeerSettings, ...] = ()
     routes: tuple[RouteSettings, ...] = ()
     pipelines: tuple[PipelineSettings, ...] = ()
@@ -396,6 +443,12 @@ def load_settings(path: Path | None = None) -> Settings:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
         if "source" in data:
             raise ConfigError(f"{where}: source: unknown key")
+        web = data.get("web")
+        if isinstance(web, dict) and "token" in web:
+            raise ConfigError(
+                f"{where}: [web] token: secrets are not read from the settings file; "
+                "set DICOMNODE_WEB__TOKEN in the environment"
+            )
         data["source"] = path.resolve()
     try:
         return Settings(**data)

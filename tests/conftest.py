@@ -68,7 +68,9 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
 
 #: Set to 1 (as CI does) to stop the run when a real peer the tests use is missing.
 REQUIRE_TOOLS_ENV = "DICOMNODE_REQUIRE_TOOLS"
-_TOOLS = ("storescu", "echoscu", "storescp", "dciodvfy", "sqlite3", "openssl")
+_TOOLS = (
+    "storescu", "echoscu", "storescp", "dciodvfy", "sqlite3", "openssl", "chromium", "chromedriver",
+)  # fmt: skip
 
 
 #: Set to a value unique to each pytest process (each xdist worker) at session start;

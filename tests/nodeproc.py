@@ -167,9 +167,13 @@ class NodeProcess:
         command: str = "run",
         extra_toml: str = "",
         probe_tls: ssl.SSLContext | None = None,
+        env: dict[str, str] | None = None,
         **node: Any,
     ) -> None:
         self.folder = folder
+        #: Environment variables the node starts with (``DICOMNODE_*`` of the test
+        #: process are dropped, these added).
+        self.env = dict(env or {})
         self.command = command
         self.probe_tls = probe_tls  # how start() reaches a node that speaks TLS
         folder.mkdir(parents=True, exist_ok=True)
@@ -198,6 +202,7 @@ class NodeProcess:
     def launch(self, log_level: str = "INFO") -> subprocess.Popen[bytes]:
         """Start the node as a user does, without waiting for it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+        env.update(self.env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dicomnode", "--config", str(self.config),
@@ -227,7 +232,11 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise
+            # What it was doing when it did not stop (CI once saw only the timeout).
+            tail = "\n".join(self.log_text().splitlines()[-40:])
+            raise AssertionError(
+                f"node did not stop within {timeout} s; its log:\n{tail}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; then wait for its children to notice and exit."""

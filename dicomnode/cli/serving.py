@@ -120,6 +120,7 @@ def _preflight(settings: Settings, node_pid: int) -> None:
     show_pixel_libraries()  # the model check imports the models, which need numpy
 
     _check_models(settings)
+    _audit_forwarder(settings, None)  # [audit] syslog_ca must load: say so now
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url)
     _backfill(settings)
@@ -150,6 +151,35 @@ def _sender(settings: Settings, session_factory: sessionmaker[Session]) -> Calla
 
     owner = default_owner()
     return lambda: send_due_deliveries(settings, session_factory, owner)
+
+
+def _audit_forwarder(
+    settings: Settings, session_factory: sessionmaker[Session] | None
+) -> Callable[[], object] | None:
+    """The scheduler's job forwarding the audit trail to ``[audit] syslog_host``; None
+    when it is empty (or only checking, without ``session_factory``). Raises
+    ConfigError when ``syslog_ca`` cannot be loaded."""
+    from dicomnode.send.audit_syslog import AuditForwarder, syslog_target
+
+    target = syslog_target(settings)
+    if target is None or session_factory is None:
+        return None
+    return AuditForwarder(settings, session_factory, target)
+
+
+def _audit_start_stop(
+    settings: Settings, session_factory: sessionmaker[Session], command: str, start: bool
+) -> None:
+    """Record the node's start with its settings, or its stop (never raises for the
+    database: the audit trail logs and swallows its own failures)."""
+    from dicomnode.index.audit import record_audit_event
+    from dicomnode.index.schema import AuditEventType
+
+    event = AuditEventType.SETTINGS_LOADED if start else AuditEventType.APPLICATION_STOPPED
+    source = settings.source or "built-in defaults"
+    detail = f"{command} {__version__}, settings {source}" if start else command
+    with session_factory() as session:
+        record_audit_event(session, event, detail=detail, actor=f"{command}:{os.getpid()}")
 
 
 def _share_metrics(settings: Settings) -> None:
@@ -200,10 +230,13 @@ def _web(
     logging.getLogger("uvicorn").setLevel(logging.WARNING)  # our records say it
     # An engine of its own: a slow page never holds a connection receiving needs.
     engine = make_engine(settings.database_url)
+    from dicomnode.cli.rules import check_files
+
     app = create_app(
         settings, make_session_factory(engine), scp=scp,
         workers=workers if with_workers else None,
         multiprocess_dir=DataLayout(settings.data_dir).metrics,
+        rule_tester=lambda files, calling_ae: check_files(settings, files, calling_ae),
     )  # fmt: skip
     try:
         return WebServer(app, settings.web.host, settings.web.port), engine
@@ -234,7 +267,12 @@ def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
         supervisor.stop()
         _stop_receiving(engine, ingest, server, grace=0.0)
         raise click.ClickException(str(exc)) from exc
-    scheduler = build_scheduler(settings, session_factory, _sender(settings, session_factory))
+    command = "run" if with_workers else "serve"
+    _audit_start_stop(settings, session_factory, command, start=True)
+    forward_audit = _audit_forwarder(settings, session_factory)  # syslog_ca checked by preflight
+    scheduler = build_scheduler(
+        settings, session_factory, _sender(settings, session_factory), forward_audit
+    )
     scheduler.start()
     supervisor.start()
     if web is not None:
@@ -251,6 +289,7 @@ def _serve(ctx: click.Context, settings: Settings, with_workers: bool) -> None:
         web[1].dispose()
     scheduler.shutdown(wait=True)
     supervisor.stop()
+    _audit_start_stop(settings, session_factory, command, start=False)
     _stop_receiving(engine, ingest, server)
     logger.info("node stopped", extra={"action": "node_stopped"})
 

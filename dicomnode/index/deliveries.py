@@ -36,9 +36,12 @@ from dicomnode.index.schema import (
     DeliveryRecord,
     DeliveryState,
     InstanceRecord,
+    JobRecord,
     OutputKind,
     OutputRecord,
     OutputState,
+    SeriesRecord,
+    StudyRecord,
     utc_now,
 )
 
@@ -357,9 +360,15 @@ class DeliverySummary:
 
 
 def list_deliveries(
-    session: Session, limit: int = 50, state: DeliveryState | None = None
+    session: Session,
+    limit: int = 50,
+    state: DeliveryState | None = None,
+    *,
+    peer: str | None = None,
+    study_uid: str | None = None,
 ) -> list[DeliverySummary]:
-    """The most recent deliveries, newest first."""
+    """The most recent deliveries, newest first; of one state, peer or study if given
+    (a study's deliveries: its routed instances and its jobs' outputs)."""
     query = (
         select(
             DeliveryRecord, OutputRecord.kind,
@@ -372,6 +381,18 @@ def list_deliveries(
     )  # fmt: skip
     if state is not None:
         query = query.where(DeliveryRecord.state == state)
+    if peer is not None:
+        query = query.where(DeliveryRecord.peer == peer)
+    if study_uid is not None:
+        study = select(StudyRecord.id).where(StudyRecord.study_instance_uid == study_uid)
+        query = query.where(
+            or_(
+                InstanceRecord.series_id.in_(
+                    select(SeriesRecord.id).where(SeriesRecord.study_id.in_(study))
+                ),
+                OutputRecord.job_id.in_(select(JobRecord.id).where(JobRecord.study_id.in_(study))),
+            )
+        )
     return [
         DeliverySummary(
             id=d.id,

@@ -178,6 +178,7 @@ def _study_rows(rows: list[dict[str, Any]], now: datetime) -> dict[str, dict[str
             "study_instance_uid": r["study_instance_uid"],
             "study_date": r["study_date"],
             "study_description": r["study_description"],
+            "accession_number": r.get("accession_number"),
             "calling_ae": r["calling_ae"],
             "state": StudyState.RECEIVING,
             "first_received_at": now,

@@ -37,8 +37,10 @@ from dicomnode.index.schema import (
 )
 
 __all__ = [
+    "CANCELLED",
     "ClaimedJob",
     "JobSummary",
+    "cancel_job",
     "claim_job",
     "claimable_job_exists",
     "count_jobs_by_state",
@@ -373,8 +375,15 @@ class JobSummary:
     result: str | None
 
 
-def list_jobs(session: Session, limit: int = 50, state: JobState | None = None) -> list[JobSummary]:
-    """The most recent jobs, newest first."""
+def list_jobs(
+    session: Session,
+    limit: int = 50,
+    state: JobState | None = None,
+    *,
+    study_uid: str | None = None,
+    pipeline: str | None = None,
+) -> list[JobSummary]:
+    """The most recent jobs, newest first; of one state, study or pipeline if given."""
     query = (
         select(JobRecord, StudyRecord.study_instance_uid)
         .join(StudyRecord, StudyRecord.id == JobRecord.study_id)
@@ -383,6 +392,10 @@ def list_jobs(session: Session, limit: int = 50, state: JobState | None = None) 
     )
     if state is not None:
         query = query.where(JobRecord.state == state)
+    if study_uid is not None:
+        query = query.where(StudyRecord.study_instance_uid == study_uid)
+    if pipeline is not None:
+        query = query.where(JobRecord.pipeline == pipeline)
     return [
         JobSummary(
             id=job.id,
@@ -399,6 +412,29 @@ def list_jobs(session: Session, limit: int = 50, state: JobState | None = None) 
         )
         for job, uid in session.execute(query).all()
     ]
+
+
+#: What a cancelled job's error says; a retry queues it again like any dead job.
+CANCELLED = "cancelled by an operator"
+
+
+def cancel_job(session: Session, job_id: int, by: str = "") -> bool:
+    """Give up a queued or failed job: it becomes ``dead`` and is not retried (commits).
+
+    A running job is left alone (its worker holds the lease); False then, and when the
+    job is unknown or already finished. ``by`` names who cancelled it in the error.
+    """
+    updated = session.execute(
+        update(JobRecord)
+        .where(JobRecord.id == job_id, JobRecord.state.in_((JobState.QUEUED, JobState.FAILED)))
+        .values(
+            state=JobState.DEAD,
+            error=f"{CANCELLED} ({by})" if by else CANCELLED,
+            finished_at=utc_now(),
+        )
+    )
+    session.commit()
+    return bool(updated.rowcount)  # type: ignore[attr-defined]
 
 
 def count_jobs_by_state(session: Session) -> dict[JobState, int]:

@@ -203,6 +203,8 @@ class StudyRecord(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
+    #: AccessionNumber (SH) of the first instance received; searchable on the web page.
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
     state: Mapped[StudyState] = mapped_column(
         _enum(StudyState, "study_state"), default=StudyState.RECEIVING
     )
@@ -218,8 +220,12 @@ class StudyRecord(Base):
 
     series: Mapped[list[SeriesRecord]] = relationship(back_populates="study")
 
-    # The completion scan reads only studies still receiving (O(active studies)).
-    __table_args__ = (Index("ix_studies_state_last_received", "state", "last_received_at"),)
+    __table_args__ = (
+        # The completion scan reads only studies still receiving (O(active studies)).
+        Index("ix_studies_state_last_received", "state", "last_received_at"),
+        # The studies page: the newest first, whatever the state.
+        Index("ix_studies_last_received", "last_received_at"),
+    )
 
 
 class SeriesRecord(Base):
@@ -272,7 +278,8 @@ class InstanceRecord(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
     calling_ae: Mapped[str] = mapped_column(AE)
-    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now)
+    #: Indexed for the overview's "received in the last hour".
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utc_now, index=True)
 
     series: Mapped[SeriesRecord] = relationship(back_populates="instances")
 

@@ -13,7 +13,7 @@ missing files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, func, select, update
@@ -34,13 +34,22 @@ from dicomnode.index.schema import (
 __all__ = [
     "DeletableStudy",
     "DeletedStudy",
+    "OutputSummary",
+    "SeriesSummary",
     "StableStudy",
+    "StudyDetail",
+    "StudySearch",
     "StudySummary",
     "delete_study",
     "find_completed_studies",
     "find_deletable_studies",
+    "find_output",
+    "force_complete_study",
     "list_studies",
     "mark_study_stable",
+    "search_studies",
+    "series_instance_paths",
+    "study_detail",
 ]
 
 #: Job states that keep a study from being deleted (a failed job will be retried).
@@ -115,42 +124,12 @@ class StudySummary:
     state: str
     last_received_at: datetime
     calling_ae: str | None
+    accession_number: str | None = None
 
 
 def list_studies(session: Session, limit: int = 100) -> list[StudySummary]:
     """The most recently received studies with their counts."""
-    rows = session.execute(
-        select(
-            StudyRecord,
-            func.count(func.distinct(SeriesRecord.id)),
-            func.count(InstanceRecord.id),
-            func.coalesce(func.sum(InstanceRecord.size_bytes), 0),
-        )
-        .join(SeriesRecord, SeriesRecord.study_id == StudyRecord.id, isouter=True)
-        .join(InstanceRecord, InstanceRecord.series_id == SeriesRecord.id, isouter=True)
-        .group_by(StudyRecord.id)
-        .order_by(StudyRecord.last_received_at.desc())
-        .limit(limit)
-    ).all()
-    out = []
-    for study, n_series, n_instances, size in rows:
-        modalities = session.scalars(
-            select(SeriesRecord.modality).where(SeriesRecord.study_id == study.id).distinct()
-        ).all()
-        out.append(
-            StudySummary(
-                study_instance_uid=study.study_instance_uid,
-                study_date=study.study_date,
-                modalities="/".join(sorted(m for m in modalities if m)),
-                series=n_series,
-                instances=n_instances,
-                size_bytes=int(size),
-                state=study.state.value,
-                last_received_at=study.last_received_at,
-                calling_ae=study.calling_ae,
-            )
-        )
-    return out
+    return search_studies(session, StudySearch(), limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +211,243 @@ def delete_study(session: Session, study_id: int) -> DeletedStudy | None:
         sop_instance_uids=tuple(uid for _, uid in instances),
         job_ids=tuple(jobs),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StudySearch:
+    """What the studies page searches by; empty fields match everything.
+
+    ``study_uid`` matches a whole Study Instance UID or its start; dates are DICOM
+    ``YYYYMMDD`` (inclusive); ``modality`` matches any series of the study.
+    """
+
+    study_uid: str = ""
+    accession: str = ""
+    date_from: str = ""
+    date_to: str = ""
+    modality: str = ""
+    calling_ae: str = ""
+
+
+def search_studies(
+    session: Session, search: StudySearch = StudySearch(), limit: int = 50
+) -> list[StudySummary]:
+    """The most recently received studies matching ``search``, with their counts.
+
+    Two steps, so the cost follows the page, not the index: the newest matching study
+    ids through ``ix_studies_last_received``, then the counts of those studies only
+    (through the series and instances foreign-key indexes).
+    """
+    query = select(StudyRecord).order_by(StudyRecord.last_received_at.desc()).limit(limit)
+    if search.study_uid:
+        query = query.where(StudyRecord.study_instance_uid.startswith(search.study_uid))
+    if search.accession:
+        query = query.where(StudyRecord.accession_number == search.accession)
+    if search.date_from:
+        query = query.where(StudyRecord.study_date >= search.date_from)
+    if search.date_to:
+        query = query.where(StudyRecord.study_date <= search.date_to)
+    if search.calling_ae:
+        query = query.where(StudyRecord.calling_ae == search.calling_ae)
+    if search.modality:
+        query = query.where(
+            exists().where(
+                SeriesRecord.study_id == StudyRecord.id, SeriesRecord.modality == search.modality
+            )
+        )
+    studies = list(session.scalars(query))
+    return _summaries(session, studies)
+
+
+def _summaries(session: Session, studies: list[StudyRecord]) -> list[StudySummary]:
+    ids = [s.id for s in studies]
+    counts: dict[int, tuple[int, int]] = {}
+    modalities: dict[int, set[str]] = {i: set() for i in ids}
+    series_count: dict[int, int] = dict.fromkeys(ids, 0)
+    if ids:
+        for study_id, modality in session.execute(
+            select(SeriesRecord.study_id, SeriesRecord.modality).where(
+                SeriesRecord.study_id.in_(ids)
+            )
+        ):
+            series_count[study_id] += 1
+            if modality:
+                modalities[study_id].add(modality)
+        counts = {
+            study_id: (n, int(size))
+            for study_id, n, size in session.execute(
+                select(
+                    SeriesRecord.study_id,
+                    func.count(InstanceRecord.id),
+                    func.coalesce(func.sum(InstanceRecord.size_bytes), 0),
+                )
+                .join(InstanceRecord, InstanceRecord.series_id == SeriesRecord.id)
+                .where(SeriesRecord.study_id.in_(ids))
+                .group_by(SeriesRecord.study_id)
+            )
+        }
+    return [
+        StudySummary(
+            study_instance_uid=s.study_instance_uid,
+            study_date=s.study_date,
+            modalities="/".join(sorted(modalities[s.id])),
+            series=series_count[s.id],
+            instances=counts.get(s.id, (0, 0))[0],
+            size_bytes=counts.get(s.id, (0, 0))[1],
+            state=s.state.value,
+            last_received_at=s.last_received_at,
+            calling_ae=s.calling_ae,
+            accession_number=s.accession_number,
+        )
+        for s in studies
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    """One series of a study page."""
+
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSummary:
+    """One output of a study's job: where it is and whether it passed validation."""
+
+    id: int
+    job_id: int
+    kind: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    #: Relative to ``data_dir``.
+    path: str
+    sha256: str
+    state: str
+    validation: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyDetail:
+    """A study page: the study, its series and its jobs' outputs (jobs and deliveries
+    come from :func:`~dicomnode.index.jobs.list_jobs` and
+    :func:`~dicomnode.index.deliveries.list_deliveries` with the study's UID)."""
+
+    summary: StudySummary
+    study_description: str | None
+    version: int
+    first_received_at: datetime
+    stable_at: datetime | None
+    series: tuple[SeriesSummary, ...]
+    outputs: tuple[OutputSummary, ...]
+
+
+def study_detail(session: Session, study_uid: str) -> StudyDetail | None:
+    """Everything the study page shows of one study; None when it is not indexed."""
+    study = session.scalars(
+        select(StudyRecord).where(StudyRecord.study_instance_uid == study_uid)
+    ).one_or_none()
+    if study is None:
+        return None
+    series = session.execute(
+        select(SeriesRecord, func.count(InstanceRecord.id))
+        .join(InstanceRecord, InstanceRecord.series_id == SeriesRecord.id, isouter=True)
+        .where(SeriesRecord.study_id == study.id)
+        .group_by(SeriesRecord.id)
+        .order_by(SeriesRecord.series_number, SeriesRecord.id)
+    ).all()
+    outputs = session.scalars(
+        select(OutputRecord)
+        .join(JobRecord, JobRecord.id == OutputRecord.job_id)
+        .where(JobRecord.study_id == study.id)
+        .order_by(OutputRecord.job_id.desc(), OutputRecord.kind, OutputRecord.id)
+    ).all()
+    return StudyDetail(
+        summary=_summaries(session, [study])[0],
+        study_description=study.study_description,
+        version=study.version,
+        first_received_at=study.first_received_at,
+        stable_at=study.stable_at,
+        series=tuple(
+            SeriesSummary(
+                series_instance_uid=s.series_instance_uid,
+                modality=s.modality,
+                series_number=s.series_number,
+                series_description=s.series_description,
+                body_part_examined=s.body_part_examined,
+                instances=n,
+            )
+            for s, n in series
+        ),
+        outputs=tuple(
+            OutputSummary(
+                id=o.id,
+                job_id=o.job_id,
+                kind=o.kind.value,
+                sop_instance_uid=o.sop_instance_uid,
+                series_instance_uid=o.series_instance_uid,
+                path=o.path,
+                sha256=o.sha256,
+                state=o.state.value,
+                validation=o.validation,
+                created_at=o.created_at,
+            )
+            for o in outputs
+        ),
+    )
+
+
+def series_instance_paths(session: Session, series_uid: str) -> list[str]:
+    """The files of one series, relative to ``data_dir``, in instance-number order."""
+    return list(
+        session.scalars(
+            select(InstanceRecord.path)
+            .join(SeriesRecord, SeriesRecord.id == InstanceRecord.series_id)
+            .where(SeriesRecord.series_instance_uid == series_uid)
+            .order_by(InstanceRecord.instance_number, InstanceRecord.id)
+        )
+    )
+
+
+def find_output(session: Session, output_id: int) -> tuple[str, OutputSummary] | None:
+    """One output and the Study Instance UID of its job; None when unknown."""
+    row = session.execute(
+        select(OutputRecord, StudyRecord.study_instance_uid)
+        .join(JobRecord, JobRecord.id == OutputRecord.job_id)
+        .join(StudyRecord, StudyRecord.id == JobRecord.study_id)
+        .where(OutputRecord.id == output_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    o, study_uid = row
+    return study_uid, OutputSummary(
+        o.id, o.job_id, o.kind.value, o.sop_instance_uid, o.series_instance_uid, o.path,
+        o.sha256, o.state.value, o.validation, o.created_at,
+    )  # fmt: skip
+
+
+#: Where ``receiving_since`` is set to make a study due for completion at once.
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def force_complete_study(session: Session, study_uid: str) -> bool:
+    """Make a receiving study due now: the scheduler's next scan marks it stable and
+    queues its work, as if its force-complete timeout had passed (commits).
+
+    False when the study is unknown or not receiving.
+    """
+    updated = session.execute(
+        update(StudyRecord)
+        .where(
+            StudyRecord.study_instance_uid == study_uid,
+            StudyRecord.state == StudyState.RECEIVING,
+        )
+        .values(receiving_since=_LONG_AGO)
+    )
+    session.commit()
+    return bool(updated.rowcount)  # type: ignore[attr-defined]

@@ -82,7 +82,7 @@ _KEYWORDS = (
     "ViewPosition", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
     "InstanceNumber", "ImageOrientationPatient", "FrameOfReferenceUID", "Laterality",
     "ImageLaterality", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
-    "Rows", "Columns", "BitsAllocated",
+    "Rows", "Columns", "BitsAllocated", "AccessionNumber",
 )  # fmt: skip
 _WANTED = {int(tag_for_keyword(k) or 0): (k, dictionary_VR(k)) for k in _KEYWORDS}
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "PN", "UC", "UT"}
@@ -104,6 +104,7 @@ class InstanceInfo:
     transfer_syntax_uid: str
     study_date: str | None
     study_description: str | None
+    accession_number: str | None
     modality: str | None
     series_number: int | None
     series_description: str | None
@@ -553,6 +554,7 @@ def _info(values: dict[str, object], syntax: str, attributes: RawAttributes) -> 
         transfer_syntax_uid=syntax,
         study_date=_text(values, "StudyDate", 8),
         study_description=_text(values, "StudyDescription", 64),
+        accession_number=_text(values, "AccessionNumber", 16),
         modality=_text(values, "Modality", 16),
         series_number=_int(values, "SeriesNumber"),
         series_description=_text(values, "SeriesDescription", 64),

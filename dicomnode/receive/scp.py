@@ -401,7 +401,7 @@ def start_scp(settings: Settings, ingest: Ingest, session_factory: sessionmaker[
         (evt.EVT_ESTABLISHED, handlers.handle_established, [session_factory]),
         (evt.EVT_RELEASED, handlers.handle_released, [session_factory]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [session_factory]),
-        (evt.EVT_REJECTED, handlers.handle_rejected),
+        (evt.EVT_REJECTED, handlers.handle_rejected, [session_factory]),
     ]
     server = _serve_in_thread(ae, settings, event_handlers, shared=settings.receive_processes > 1)
     host, port = server.server_address[:2]

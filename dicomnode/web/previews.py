@@ -57,7 +57,6 @@ import io
 import logging
 import math
 import os
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,25 +65,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import iter_pixels, pixel_array
 
-from dicomnode.errors import DicomnodeError
 from dicomnode.web._preview_cache import PreviewCache
 from dicomnode.web._sr_content import (
     FindingRow,
     ImageRegion,
     Measurement,
     SegmentReference,
-    finding_rows,
     first_value,
 )
+from dicomnode.web.findings import PreviewError, read_dicom, sr_findings
 
 __all__ = [
     "ALPHA",
     "MAX_WIDTH",
+    "OUTLINE_ONLY_SHARE",
     "PALETTE",
     "SOFT_TISSUE",
     "FindingRow",
@@ -108,6 +105,8 @@ logger = logging.getLogger(__name__)
 MAX_WIDTH = 768
 #: Opacity of a segment's fill over the image (its outline is opaque).
 ALPHA = 0.45
+#: A segment covering more than this share of its image is outlined, not filled.
+OUTLINE_ONLY_SHARE = 0.25
 #: Colours of segments without a RecommendedDisplayCIELabValue, by segment number.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -123,17 +122,7 @@ _MAX_FRAMES = 20_000
 _MAX_FRAME_PIXELS = 1 << 26  # 64 Mpixel: bounds what one decoded frame costs
 #: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
 _SEG_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-# What pydicom raises on a malformed file or one it cannot decode (a missing codec
-# plugin is a RuntimeError; a too deeply nested sequence a RecursionError).
-_READ_ERRORS = (
-    InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError,
-    IndexError, struct.error, RecursionError,
-)  # fmt: skip
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, NotImplementedError, RuntimeError)
-
-
-class PreviewError(DicomnodeError, ValueError):
-    """A file cannot be previewed; the message names what it lacks, no values."""
 
 
 # -- colour -------------------------------------------------------------------------
@@ -199,14 +188,6 @@ def _segment_colours(seg: Dataset) -> dict[int, tuple[int, int, int]]:
 # -- reading files ------------------------------------------------------------------
 
 
-def _read(path: str | os.PathLike[str], what: str, **kwargs: Any) -> Dataset:
-    try:
-        return dcmread(path, **kwargs)
-    except _READ_ERRORS as exc:
-        # Our own sentence: the library's may quote element values.
-        raise PreviewError(f"{what} {Path(path).name} is not a readable DICOM file") from exc
-
-
 def _macro(ds: Dataset, frame_index: int, keyword: str) -> Dataset | None:
     """The first item of a functional group macro of one frame, per-frame first."""
     for top in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
@@ -244,7 +225,7 @@ class _Sources:
 
     def _header(self, path: Path) -> Dataset:
         if path not in self._headers:
-            self._headers[path] = _read(path, "source image", stop_before_pixels=True)
+            self._headers[path] = read_dicom(path, "source image", stop_before_pixels=True)
         return self._headers[path]
 
     def dataset(self, uid: str) -> Dataset | None:
@@ -252,14 +233,14 @@ class _Sources:
         if uid in self._datasets:
             return self._datasets[uid]
         path = self._by_stem.get(uid)
-        ds = _read(path, "source image") if path is not None else None
+        ds = read_dicom(path, "source image") if path is not None else None
         if ds is None or str(ds.get("SOPInstanceUID", "")) != uid:
             if self._by_uid is None:
                 self._by_uid = {
                     str(self._header(p).get("SOPInstanceUID", "")): p for p in self._paths
                 }
             path = self._by_uid.get(uid)
-            ds = _read(path, "source image") if path is not None else None
+            ds = read_dicom(path, "source image") if path is not None else None
         if ds is not None:
             self._datasets[uid] = ds
         return ds
@@ -361,7 +342,7 @@ class _Seg:
     """A SEG read back: its frames, where each lies, and how to decode one."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        ds = _read(path, "segmentation")
+        ds = read_dicom(path, "segmentation")
         if str(ds.get("SOPClassUID", "")) not in _SEG_CLASSES or "PixelData" not in ds:
             raise PreviewError(f"{Path(path).name} is not a Segmentation with pixel data")
         frames = int(ds.get("NumberOfFrames") or 1)
@@ -458,16 +439,29 @@ def _locate(seg: _Seg, sources: _Sources) -> dict[int, SourceSlice]:
     return located
 
 
-def _areas(seg: _Seg, located: dict[int, SourceSlice]) -> dict[SourceSlice, int]:
-    """Segmented pixels per source slice, every segment counted."""
-    areas: dict[SourceSlice, int] = {}
+def _areas(seg: _Seg, located: dict[int, SourceSlice]) -> dict[SourceSlice, float]:
+    """Each source slice's share of the segments: per segment, its pixels on the slice
+    over its pixels on all slices, summed over the segments.
+
+    Every segment weighs the same however big it is, so the slices chosen show where
+    the small segments (lesions) are largest, not where a segment of the whole body
+    is; with one segment this ranks by area.
+    """
+    per_segment: dict[int, dict[SourceSlice, int]] = {}
     for frame, pixels in seg.iter_decoded():
         source = located.get(frame.index)
         if source is None:
             continue
-        count = sum(int(np.count_nonzero(m)) for m in seg.masks(pixels, frame).values())
-        areas[source] = areas.get(source, 0) + count
-    return areas
+        for number, mask in seg.masks(pixels, frame).items():
+            counts = per_segment.setdefault(number, {})
+            counts[source] = counts.get(source, 0) + int(np.count_nonzero(mask))
+    shares: dict[SourceSlice, float] = dict.fromkeys(located.values(), 0.0)
+    for counts in per_segment.values():
+        total = sum(counts.values())
+        for source, n in counts.items():
+            if total:
+                shares[source] += n / total
+    return shares
 
 
 def _key_slices(
@@ -631,7 +625,13 @@ def _overlay(grey: npt.NDArray[np.float32], layers: list[_Layer]) -> npt.NDArray
     rgb = np.repeat(base[..., None], 3, axis=2)
     if order:
         colours = np.array([colour for _, colour in order], dtype=np.float32)
+        # A segment over a large part of the image (a body or organ outline) is only
+        # outlined, so the anatomy and the small segments on it stay readable.
+        filled = np.array(
+            [np.count_nonzero(mask) <= OUTLINE_ONLY_SHARE * mask.size for mask, _ in order]
+        )
         inside = top >= 0
+        inside[inside] = filled[top[inside]]
         rgb[inside] = (1.0 - ALPHA) * rgb[inside] + ALPHA * colours[top[inside]]
         for mask, colour in order:
             rgb[_edges(mask)] = colour
@@ -657,34 +657,6 @@ def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=6)
     return out.getvalue()
-
-
-def sr_findings(sr_path: str | os.PathLike[str]) -> list[FindingRow]:
-    """One row per measurement group of a TID 1500 Measurement Report.
-
-    Parameters
-    ----------
-    sr_path
-        The SR file (Enhanced, Comprehensive or Comprehensive 3D SR).
-
-    Returns
-    -------
-    list of FindingRow
-        In report order; empty when the report has no measurement group. Only
-        content items are read: no patient or study attribute is returned.
-
-    Raises
-    ------
-    PreviewError
-        If the file is not a readable SR document.
-    """
-    ds = _read(sr_path, "report", stop_before_pixels=True)
-    if ds.get("ValueType") != "CONTAINER" or "ContentSequence" not in ds:
-        raise PreviewError(f"{Path(sr_path).name} is not an SR document (no root CONTAINER)")
-    try:
-        return finding_rows(ds)
-    except (TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise PreviewError(f"report {Path(sr_path).name} has a malformed content item") from exc
 
 
 # -- projection views ---------------------------------------------------------------
@@ -722,7 +694,7 @@ def projection_preview(
     """
     if not image_paths:
         raise PreviewError("image_paths must name at least one image")
-    images = [_read(path, "image") for path in image_paths]
+    images = [read_dicom(path, "image") for path in image_paths]
     greys = [render_grey(ds) for ds in images]
     layers: list[list[_Layer]] = [[] for _ in images]
     for path in segmentation_paths:

@@ -64,6 +64,7 @@ class WebServer:
     """
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app = app
         self.socket = _listen(host, port)
         config = uvicorn.Config(
             app,
@@ -105,4 +106,7 @@ class WebServer:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self.socket.close()
+        results = getattr(self.app.state, "results", None)
+        if results is not None:  # the preview renderer's child process
+            results.renderer.close()
         logger.info("web server stopped", extra={"action": "web_stopped"})

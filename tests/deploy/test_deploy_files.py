@@ -404,7 +404,10 @@ def test_worker_pods_get_one_gpu_each_and_the_shared_claim() -> None:
 
 
 def test_every_k8s_container_reads_the_database_url_from_the_secret() -> None:
-    (secret,) = k8s_documents("secret.example.yaml")
+    (secret,) = [
+        doc for doc in k8s_documents("secret.example.yaml")
+        if doc["metadata"]["name"] == "dicomnode-database"
+    ]  # fmt: skip
     for manifest in ("serve.yaml", "worker.yaml"):
         pod = _pod(manifest)
         for container in pod.get("initContainers", []) + pod["containers"]:
@@ -482,6 +485,7 @@ def _load_with(env: dict[str, str], config: Path, monkeypatch: pytest.MonkeyPatc
             monkeypatch.setenv(name, value)
     settings = load_settings(config)
     dumped = settings.model_dump(mode="json")
+    dumped["web"]["token"] = settings.web.token.get_secret_value()  # a SecretStr
     for name, value in env.items():
         if name in NOT_SETTINGS:
             continue
@@ -490,6 +494,14 @@ def _load_with(env: dict[str, str], config: Path, monkeypatch: pytest.MonkeyPatc
             got = got[part]
         assert _holds(got, _parsed(value)), f"{name}={value!r} was loaded as {got!r}"
     return settings
+
+
+#: What the example secrets hold, by secret name, for the variables read from them.
+SECRET_VALUES = {"dicomnode-database": SECRET_DATABASE_URL, "dicomnode-web": "a-web-token"}
+
+
+def _secret_value(value: dict[str, Any]) -> str:
+    return SECRET_VALUES[value["secretKeyRef"]["name"]]
 
 
 def _image_env() -> dict[str, str]:
@@ -578,7 +590,7 @@ def test_k8s_environment_loads_with_the_configmap_settings(
         settings_file = tmp_path / key
         settings_file.write_text(config_map["data"][key], encoding="utf-8")
         env = {
-            name: SECRET_DATABASE_URL if isinstance(value, dict) else str(value)
+            name: _secret_value(value) if isinstance(value, dict) else str(value)
             for name, value in _env(container).items()
         }
         settings = _load_with(_image_env() | env, settings_file, monkeypatch)

@@ -230,7 +230,8 @@ def test_0006_drops_the_dead_delivery_state_and_the_downgrade_restores_it(
     assert delivery_state_values(database_url) == (
         None if sqlite else [s.value for s in DeliveryState]
     )
-    assert_matches_metadata(database_url)
+    # (The schema as a whole is compared with the code's at head, below: later
+    # revisions change other tables.)
 
     downgrade(alembic_config(database_url), "0005")
 

@@ -43,6 +43,12 @@ def test_wheel_ships_the_migrations_and_upgrades_from_them(tmp_path: Path) -> No
         f"dicomnode/{p.relative_to(ROOT / 'dicomnode')}" for p in (ROOT / "dicomnode").rglob("*.py")
     }
     assert sorted(modules - set(names)) == []
+    # The web page's templates and vendored assets ship: it works offline, installed.
+    pages = {f"dicomnode/{p.relative_to(ROOT / 'dicomnode')}"
+             for folder in ("templates", "static")
+             for p in (ROOT / "dicomnode" / "web" / folder).iterdir()}  # fmt: skip
+    assert "dicomnode/web/static/htmx.min.js" in pages
+    assert sorted(pages - set(names)) == []
     # The built-in models' trained weights and model cards ship in the wheel.
     for model in ("ct-lesion-seg", "mg-4view", "cxr-2view"):
         assert f"dicomnode/models/weights/{model}.pt" in names, model
