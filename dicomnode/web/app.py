@@ -13,6 +13,7 @@ thread of ``dicomnode run`` and ``dicomnode serve``. The areas:
   (:mod:`dicomnode.web.auth`);
 * :mod:`dicomnode.web.ruletest`: the rule tester;
 * :mod:`dicomnode.web.audit`: the audit trail;
+* :mod:`dicomnode.web.conformance`: the DICOM Conformance Statement;
 * ``/static``: the stylesheet and htmx, vendored (the page works offline).
 
 No interactive API documentation is served (``/docs`` would fetch scripts from the
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode import __version__
 from dicomnode.config import Settings
-from dicomnode.web import actions, audit, health, metrics, pages, results, ruletest
+from dicomnode.web import actions, audit, conformance, health, metrics, pages, results, ruletest
 from dicomnode.web.audit import AuditHook, index_audit
 from dicomnode.web.auth import WebAuth
 from dicomnode.web.health import Probe, Readiness, database_probe, disk_probe, elsewhere_probe
@@ -106,5 +107,6 @@ def create_app(
     app.include_router(actions.router)
     app.include_router(ruletest.router)
     app.include_router(audit.router)
+    app.include_router(conformance.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -160,3 +160,11 @@ def test_an_action_without_the_token_is_refused_in_the_browser(
     )
     assert status == 401
     visit(browser, f"http://127.0.0.1:{running.web_port}/audit", "audit")
+
+
+def test_the_conformance_statement_renders_in_a_browser(
+    node: tuple[NodeProcess, str], browser: object
+) -> None:
+    running, _ = node
+    source = visit(browser, f"http://127.0.0.1:{running.web_port}/conformance", "conformance")
+    assert "Conformance Statement" in source and "<table>" in source

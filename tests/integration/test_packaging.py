@@ -49,6 +49,7 @@ def test_wheel_ships_the_migrations_and_upgrades_from_them(tmp_path: Path) -> No
              for p in (ROOT / "dicomnode" / "web" / folder).iterdir()}  # fmt: skip
     assert "dicomnode/web/static/htmx.min.js" in pages
     assert sorted(pages - set(names)) == []
+    assert "dicomnode/_docs/conformance.md" in names  # the page serves it
     # The built-in models' trained weights and model cards ship in the wheel.
     for model in ("ct-lesion-seg", "mg-4view", "cxr-2view"):
         assert f"dicomnode/models/weights/{model}.pt" in names, model

@@ -324,3 +324,21 @@ def test_the_web_token_comes_from_the_environment(
     settings = load_settings(None)
     assert settings.web.token.get_secret_value() == "from-env"
     assert "from-env" not in repr(settings)
+
+
+def test_the_conformance_statement_is_served_as_a_page_and_as_written(
+    serve: Callable[..., Served],
+) -> None:
+    from dicomnode import __version__
+    from dicomnode.uids import implementation_identity
+
+    client = serve()
+    page = client.get("/conformance")
+    assert page.status_code == 200
+    assert "<h1" in page.text and "DICOM Conformance Statement" in page.text
+    assert page.text.count("<table>") >= 10  # the generated tables, rendered
+    class_uid, version_name = implementation_identity(__version__)
+    assert class_uid in page.text and version_name in page.text
+    assert "<script" not in page.text.split("</head>", 1)[1]  # nothing from the document runs
+    source = client.get("/conformance.md")
+    assert source.text.startswith("# dicomnode: DICOM Conformance Statement")
