@@ -20,6 +20,12 @@ the overview and ``/metrics``. Targets (issue 12): studies page <= 200 ms,
 256 x 256 synthetic CT (storescu); once its job is done each output's preview is
 requested twice: the first render (the renderer child starts for the first one) and
 the cached one. Targets: <= 1 s first, <= 20 ms cached.
+
+``peer`` (``--peer``): the same ``--peer-studies`` studies of two small CT instances
+each sent by ``storescu`` to ``dicomnode serve`` and to Orthanc; then, side by side,
+each one's study list of the newest 100 (dicomnode ``/studies``; Orthanc ``POST
+/tools/find`` with ``Expand``, the request Orthanc Explorer 2's study list makes) and
+each one's Prometheus text (``/metrics``; Orthanc ``/tools/metrics-prometheus``).
 """
 
 from __future__ import annotations
@@ -222,6 +228,61 @@ def bench_previews() -> dict[str, Any]:
     return out
 
 
+def _orthanc_timed(server: Any, method: str, path: str, body: Any, repeat: int) -> dict[str, float]:
+    server.request(method, path, body)
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        server.request(method, path, body)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 1),
+            "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1)}  # fmt: skip
+
+
+def bench_peer(studies: int, repeat: int) -> dict[str, Any]:
+    import subprocess
+
+    from pydicom.uid import generate_uid
+
+    from tests.factories import encode, small_ct
+    from tests.nodeproc import NodeProcess
+    from tests.orthanc import OrthancServer
+    from tests.scu import dcmtk_env
+
+    folder = Path(tempfile.mkdtemp(prefix="dicomnode-bench-peer-"))
+    files = folder / "files"
+    files.mkdir()
+    for s in range(studies):
+        study, series = generate_uid(), generate_uid()
+        for i in range(2):
+            ds = small_ct(study_instance_uid=study, series_instance_uid=series)
+            ds.AccessionNumber = f"ACC{s:06d}"
+            (files / f"{s:06d}-{i}.dcm").write_bytes(encode(ds))
+    out: dict[str, Any] = {"studies": studies, "instances": 2 * studies}
+
+    def send(port: int, ae: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(["storescu", "-aec", ae, "+sd", "127.0.0.1", str(port), str(files)],
+                       env=dcmtk_env(), check=True, capture_output=True)  # fmt: skip
+        return round(time.perf_counter() - started, 1)
+
+    with NodeProcess(folder / "node", command="serve") as node:
+        out["dicomnode_send_s"] = send(node.port, "DICOMNODE")
+        out["dicomnode"] = {
+            "study list (newest 100)": timed(node.web_port or 0, "/studies", repeat),
+            "metrics": timed(node.web_port or 0, "/metrics", repeat),
+        }
+    with OrthancServer(folder / "orthanc") as orthanc:
+        out["orthanc_send_s"] = send(orthanc.dicom_port, orthanc.ae_title)
+        find = {"Level": "Study", "Query": {}, "Limit": 100, "Expand": True}
+        out["orthanc"] = {
+            "study list (newest 100)": _orthanc_timed(orthanc, "POST", "/tools/find", find, repeat),
+            "metrics": _orthanc_timed(orthanc, "GET", "/tools/metrics-prometheus", None, repeat),
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
@@ -229,6 +290,8 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--previews", action="store_true", help="the preview part instead")
+    parser.add_argument("--peer", action="store_true", help="dicomnode and Orthanc side by side")
+    parser.add_argument("--peer-studies", type=int, default=5000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     facts = {
@@ -237,6 +300,8 @@ def main() -> int:
     }
     if args.previews:
         result: dict[str, Any] = {"previews": bench_previews(), **facts}
+    elif args.peer:
+        result = {**bench_peer(args.peer_studies, args.repeat), **facts}
     else:
         result = {**bench_index(args.database, args.studies, args.instances, args.repeat), **facts}
     print(json.dumps(result, indent=2))
