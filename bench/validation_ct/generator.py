@@ -317,6 +317,31 @@ class _Canvas:
                 mask = mask & np.isin(sub, allowed)
             sub[mask] = int(label)
 
+    def paint_levels(
+        self,
+        lo: Sequence[float],
+        hi: Sequence[float],
+        field: Region,
+        levels: Sequence[tuple[float, Tissue]],
+    ) -> None:
+        """Paint each label where `field` <= its level, levels from the largest down."""
+        g = self.grid
+        i0, i1 = g.span(g.x, lo[0], hi[0])
+        j0, j1 = g.span(g.y, lo[1], hi[1])
+        k0, k1 = g.span(g.z, lo[2], hi[2])
+        if i1 <= i0 or j1 <= j0 or k1 <= k0:
+            return
+        xs = g.x[i0:i1][None, None, :]
+        ys = g.y[j0:j1][None, :, None]
+        step = max(1, self._CHUNK_VOXELS // ((j1 - j0) * (i1 - i0)))
+        for ka in range(k0, k1, step):
+            kb = min(k1, ka + step)
+            values = field(xs, ys, g.z[ka:kb][:, None, None])
+            values = np.broadcast_to(values, (kb - ka, j1 - j0, i1 - i0))
+            sub = self.tissue[ka:kb, j0:j1, i0:i1]
+            for level, label in sorted(levels, key=lambda item: -item[0]):
+                sub[values <= level] = int(label)
+
     def paint_tube(
         self,
         p0: Sequence[float],
@@ -882,7 +907,8 @@ class _Anatomy:
         rib_period = period * self.sz
         first = (self.apex + 5) * self.sz
 
-        def rib(x: Array, y: Array, z: Array, inner: bool) -> Array:
+        def rib(x: Array, y: Array, z: Array) -> Array:
+            """<= 1 inside a rib, <= 0.5 in its marrow."""
             ur, vr = x - self.cx, y - self.cy
             zr = z - self.z0
             a, f, b = self.cavity_axes(zr / self.sz)
@@ -896,12 +922,11 @@ class _Anatomy:
             radial = (depth - 6.0) / 3.5
             ok = (cos < 0.82) & (cos > -0.97) & ((k < 10) | (cos < -0.17))
             ok &= s > first - 11.5 * rib_period
-            limit = 0.5 if inner else 1.0
-            return ok & (radial**2 + across**2 <= limit)
+            result: Array = np.where(ok, radial**2 + across**2, np.inf)
+            return result
 
         lo, hi = self.box((0, 0, self.apex / 2 - 90), (180, 130, self.apex / 2 + 110))
-        c.paint(lo, hi, lambda x, y, z: rib(x, y, z, False), Tissue.CORTICAL_BONE)
-        c.paint(lo, hi, lambda x, y, z: rib(x, y, z, True), Tissue.MARROW)
+        c.paint_levels(lo, hi, rib, [(1.0, Tissue.CORTICAL_BONE), (0.5, Tissue.MARROW)])
 
         # Sternum, in the front wall from the xiphoid up.
         def sternum(x: Array, y: Array, z: Array, inner: bool) -> Array:
