@@ -16,12 +16,16 @@ reports SCOORD3D, switch to Comprehensive 3D SR (highdicom refuses SCOORD3D here
   Manufacturer ``dicomnode``, Model Name ``<model> <version>``, and a UID derived
   from the model name and version only (:func:`~dicomnode.outputs.identity.device_uid`).
 - Procedure reported from the Modality (CT, MG, plain radiography, else imaging).
-- Image library (TID 1600): every image of a view of at most
-  :data:`LIBRARY_IMAGES_PER_VIEW` images (projection views, short series); for a
-  longer series (a CT) only the images the findings' regions lie on. The report's
-  size and build time follow the findings, not the slice count: a segment is
-  referenced with its source *series*, not every slice.
-- One measurement group per finding, with a Tracking Identifier and UID, the finding
+- Image library (TID 1600, optional): every image of a view of at most
+  :data:`LIBRARY_IMAGES_PER_VIEW` images (projection views, short series). A longer
+  series (a CT) is left out: an entry repeats 16 descriptors of the image's header
+  (3.8 KB a slice) that a viewer reads from the image; the regions' SCOORDs and the
+  evidence name the images. A segment is referenced with its source *series*.
+- At most ``max_findings`` findings (:func:`rank_findings`: most certain first), and a
+  TEXT :data:`NOTE` in the Qualitative Evaluations container (row 12) saying how many
+  more were found. Hundreds of false-positive components once made a 1.3 MB report
+  that PixelMed's validator could not read in a 3 GB heap.
+- One measurement group per reported finding, with a Tracking Identifier and UID, the finding
   code as Finding, its site and laterality, the algorithm (TID 4019), the probability
   and the measurements. A finding whose segment is in a SEG gets a TID 1411
   Volumetric ROI group referencing the segment (TID 1410 with a Referenced
@@ -70,17 +74,29 @@ from dicomnode.outputs.seg import check_series_number
 
 __all__ = [
     "LIBRARY_IMAGES_PER_VIEW",
+    "MAX_FINDINGS",
     "MEASUREMENT_CONCEPTS",
+    "NOTE",
     "NO_FINDING",
     "PROBABILITY",
     "ModelIdentity",
     "build_measurement_report",
+    "rank_findings",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: A view with at most this many images lists them all in the image library.
 LIBRARY_IMAGES_PER_VIEW = 16
+
+#: Findings a report names when the pipeline sets no ``max_findings`` option.
+MAX_FINDINGS = 20
+#: Concept name of the note that more findings were found than reported. DCM 121106
+#: "Comment" is the generic remark on a report; 121073 "Impression" would make a
+#: statement about the report's extent read as a clinical conclusion.
+NOTE = codes.DCM.Comment
+#: TID 1500 row 12; pydicom's dictionary has no keyword for this UMLS concept.
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 #: Concept name of a finding's probability (unit ``{ratio}``, value 0 to 1).
 PROBABILITY = codes.DCM.CertaintyOfFinding
@@ -113,6 +129,8 @@ _PROCEDURES: dict[str, SrCode] = {
     "CR": codes.SCT.PlainRadiography,
 }
 _LATERALITY: dict[str, SrCode] = {"L": codes.SCT.Left, "R": codes.SCT.Right}
+#: Factor to mm3, mm2 or mm of the units a size may come in (ranking ties only).
+_SIZE_UNITS = {"mm3": 1.0, "ml": 1e3, "cm3": 1e3, "mm2": 1.0, "cm2": 1e2, "mm": 1.0, "cm": 10.0}
 
 _Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -167,6 +185,7 @@ def build_measurement_report(
     segmentations: Mapping[str, hd.seg.Segmentation] | None = None,
     segment_numbers: Mapping[str, Mapping[int, int]] | None = None,
     series_number: int = SERIES_NUMBERS["sr"] + 1,
+    max_findings: int = MAX_FINDINGS,
 ) -> hd.sr.EnhancedSR:
     """Build the TID 1500 Measurement Report (Enhanced SR) of a model result.
 
@@ -191,6 +210,9 @@ def build_measurement_report(
         (:func:`~dicomnode.outputs.seg.segment_number_map`).
     series_number
         Series Number of the SR.
+    max_findings
+        The most findings the report names (:func:`rank_findings` picks them); a
+        Comment says how many more the model found.
 
     Returns
     -------
@@ -204,30 +226,95 @@ def build_measurement_report(
     """
     producer = Producer(model.name, model.version, job_key)
     check_series_number(series_number)
+    reported = rank_findings(result.findings)[: _check_max_findings(max_findings)]
     views = _with_key_images(
-        _views(sources_by_view, volumes, segmentations or {}, segment_numbers or {}),
-        result.findings,
+        _views(sources_by_view, volumes, segmentations or {}, segment_numbers or {}), reported
     )
     context = _Context(producer, views, {lb.number: lb for lb in model.labels}, _anatomy(views))
     groups: list[_Group] = []
-    for index, finding in enumerate(result.findings, start=1):
+    for index, finding in enumerate(reported, start=1):
         groups.extend(_finding_groups(context, index, finding))
-    if not result.findings:
+    if not reported:
         groups.append(_no_finding_group(context))
     groups.extend(_class_groups(context, result.probabilities, model.classes))
     images = [ds for view in views.values() for ds in view.key_images]
-    library = [header for header in map(_library_header, images) if header is not None]
+    short = [
+        ds for v in views.values() if len(v.images) <= LIBRARY_IMAGES_PER_VIEW for ds in v.images
+    ]
+    library = [header for header in map(_library_header, short) if header is not None]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(producer),
         procedure_reported=_procedure(images[0]),
         imaging_measurements=groups,
         referenced_images=library or None,
     )
-    return _document(context, report, images, series_number)
+    left_out = len(result.findings) - len(reported)
+    if left_out:
+        report[0].ContentSequence.append(_left_out_note(left_out, max_findings))
+    return _document(context, report, images, series_number, (len(groups), left_out))
+
+
+def rank_findings(findings: Sequence[Finding]) -> tuple[Finding, ...]:
+    """The findings most certain first; of equally certain ones the larger first.
+
+    Size is the volume, then the area, then the diameter (in mm units where the UCUM
+    unit is known), then the pixel area of the regions. Full ties keep model order.
+
+    Parameters
+    ----------
+    findings
+        What the model found.
+
+    Returns
+    -------
+    tuple of Finding
+        The same findings in report order.
+    """
+    return tuple(sorted(findings, key=lambda f: (f.probability, *_size(f)), reverse=True))
+
+
+def _size(finding: Finding) -> tuple[float, float, float, float]:
+    def measured(*names: str) -> float:
+        for name in names:
+            if name in finding.measurements:
+                value, unit = finding.measurements[name]
+                size = float(value) * _SIZE_UNITS.get(unit, 1.0)
+                # A non-finite value is refused when the finding is reported, not here.
+                return size if np.isfinite(size) else 0.0
+        return 0.0
+
+    pixels = sum((r.row1 - r.row0) * (r.column1 - r.column0) for r in finding.regions)
+    return measured("volume"), measured("area"), measured("longest_diameter", "diameter"), pixels
+
+
+def _check_max_findings(max_findings: int) -> int:
+    if isinstance(max_findings, bool) or not isinstance(max_findings, int) or max_findings < 1:
+        raise ValueError(f"max_findings must be a whole number of at least 1, got {max_findings!r}")
+    return max_findings
+
+
+def _left_out_note(left_out: int, max_findings: int) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12: Qualitative Evaluations, with a TEXT (row 14) saying what was left out.
+
+    Row 6 (Imaging Measurements) holds only measurement groups (TID 1501, 1410, 1411);
+    row 14's TEXT takes any concept name.
+    """
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    findings = "finding" if left_out == 1 else "findings"
+    text = f"{left_out} further {findings} not reported (max_findings = {max_findings})"
+    container = hd.sr.ContainerContentItem(_QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    container.ContentSequence = hd.sr.ContentSequence(
+        [hd.sr.TextContentItem(NOTE, text, relationship_type=contains)]
+    )
+    return container
 
 
 def _document(
-    context: _Context, report: hd.sr.MeasurementReport, images: list[Dataset], series_number: int
+    context: _Context,
+    report: hd.sr.MeasurementReport,
+    images: list[Dataset],
+    series_number: int,
+    counts: tuple[int, int],
 ) -> hd.sr.EnhancedSR:
     producer = context.producer
     study_uid = str(images[0].StudyInstanceUID)
@@ -255,7 +342,8 @@ def _document(
             "action": "sr_built",
             "study_instance_uid": study_uid,
             "sop_instance_uid": str(sr.SOPInstanceUID),
-            "groups": len(report[0].ContentSequence[-1].ContentSequence),
+            "groups": counts[0],
+            "findings_left_out": counts[1],
         },
     )
     return sr

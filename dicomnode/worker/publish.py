@@ -1,13 +1,15 @@
 """Turn a model result into DICOM outputs, check each one, keep it and queue its deliveries.
 
 For every view with masks: a DICOM SEG; for the study: one TID 1500 SR referencing the
-SEGs that passed the gate; and Secondary Capture overlays when a destination peer
-accepts ``sc``. Each output is written durably under the job's folder
-(:func:`~dicomnode.index.durable.atomic_write`: temporary name, fsync, rename, fsync
-of the folder), checked by the validation gate (:mod:`dicomnode.outputs.validate`: dciodvfy,
-dsrdump for SR, highdicom read-back) and recorded in the index. A valid output is
-queued for every peer of the pipeline that accepts its kind; an invalid one is kept
-and flagged with the validator's message, and never sent.
+SEGs that passed the gate and naming at most the pipeline's ``max_findings`` findings
+(option, default :data:`~dicomnode.outputs.sr.MAX_FINDINGS`); and Secondary Capture
+overlays when a destination peer accepts ``sc``. Each output is written durably under
+the job's folder (:func:`~dicomnode.index.durable.atomic_write`: temporary name, fsync,
+rename, fsync of the folder), checked by the validation gate
+(:mod:`dicomnode.outputs.validate`: dciodvfy, dsrdump for SR, highdicom read-back) and
+recorded in the index. A valid output is queued for every peer of the pipeline that
+accepts its kind; an invalid one is kept and flagged with the validator's message, and
+never sent.
 
 UIDs derive from the job's key (study, pipeline, study version), so another attempt
 of the same job rewrites the same outputs: the index row is replaced and its
@@ -31,7 +33,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.config import PeerSettings, Settings
+from dicomnode.config import PeerSettings, PipelineSettings, Settings
 from dicomnode.index.deliveries import queue_output_deliveries, record_output
 from dicomnode.index.durable import atomic_write
 from dicomnode.index.jobs import ClaimedJob
@@ -40,7 +42,7 @@ from dicomnode.models.api import Model, ModelResult, StudyViews
 from dicomnode.outputs.identity import SERIES_NUMBERS
 from dicomnode.outputs.sc import build_overlay_capture
 from dicomnode.outputs.seg import build_segmentation, segment_number_map
-from dicomnode.outputs.sr import build_measurement_report
+from dicomnode.outputs.sr import MAX_FINDINGS, build_measurement_report
 from dicomnode.outputs.validate import ValidationReport, validate_output
 from dicomnode.worker.views import Candidate
 
@@ -196,6 +198,14 @@ def _captures(
             published.append(_keep(context, "sc", ds)[0])
 
 
+def _max_findings(pipeline: PipelineSettings | None) -> int:
+    """The pipeline's ``max_findings`` option (``config`` checked it at start), or the default."""
+    value = pipeline.options.get("max_findings", MAX_FINDINGS) if pipeline else MAX_FINDINGS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"pipeline option max_findings must be a whole number, got {value!r}")
+    return value
+
+
 def publish_result(
     settings: Settings,
     session_factory: sessionmaker[Session],
@@ -226,6 +236,7 @@ def publish_result(
     report = build_measurement_report(
         sources, result, model, volumes={n: v.volume for n, v in study.views.items()},
         job_key=job.key, segmentations=segs, segment_numbers=numbers,
+        max_findings=_max_findings(pipeline),
     )  # fmt: skip
     published.append(_keep(context, "sr", report)[0])
     if result.masks and any("sc" in p.accepts for p in peers):
