@@ -285,6 +285,17 @@ class RouteSettings(_Section):
     _match = field_validator("match")(classmethod(lambda cls, v: _check_match(v)))
 
 
+def _check_options(
+    options: dict[str, str | int | float | bool],
+) -> dict[str, str | int | float | bool]:
+    # The node itself reads max_findings (the SR's cap, worker/publish.py); the model
+    # reads the rest.
+    value = options.get("max_findings")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_findings must be a whole number of at least 1, got {value!r}")
+    return options
+
+
 class PipelineSettings(_Section):
     """One ``[[pipelines]]`` entry: run a model on matching stable studies."""
 
@@ -294,10 +305,11 @@ class PipelineSettings(_Section):
     send_to: tuple[str, ...] = ()
     #: Higher runs first.
     priority: int = 0
-    #: Passed to the model as keyword options.
+    #: Passed to the model as keyword options; ``max_findings`` also caps the SR.
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     _match = field_validator("match")(classmethod(lambda cls, v: _check_match(v)))
+    _options = field_validator("options")(classmethod(lambda cls, v: _check_options(v)))
 
 
 class Settings(BaseSettings):

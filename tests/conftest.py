@@ -70,6 +70,7 @@ def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
 REQUIRE_TOOLS_ENV = "DICOMNODE_REQUIRE_TOOLS"
 _TOOLS = (
     "storescu", "echoscu", "storescp", "dciodvfy", "sqlite3", "openssl", "chromium", "chromedriver",
+    "DicomSRValidator",
 )  # fmt: skip
 
 
