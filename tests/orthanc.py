@@ -9,8 +9,11 @@ per instance on loopback otherwise). Orthanc 1.10 has no DICOM bind-address opti
 its DICOM port listens on every interface, the HTTP port on loopback only.
 
 ``stop()`` then ``start()`` again keeps the ports and the stored data, for tests of
-a peer that goes down and comes back. The REST client is ``urllib`` (the project
-has no HTTP client dependency).
+a peer that goes down and comes back. ``dicomweb=True`` loads Debian's DICOMweb plugin
+(package ``orthanc-dicomweb``) under ``/dicom-web/`` with full study and series
+metadata, for viewers that read QIDO-RS / WADO-RS (OHIF); off by default.
+
+The REST client is ``urllib`` (the project has no HTTP client dependency).
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ from typing import Any
 
 import pytest
 
-__all__ = ["ORTHANC", "OrthancServer", "orthanc_available", "require_orthanc"]
+__all__ = [
+    "DICOMWEB_PLUGIN",
+    "ORTHANC",
+    "OrthancServer",
+    "dicomweb_available",
+    "orthanc_available",
+    "require_dicomweb",
+    "require_orthanc",
+]
 
 #: Debian's Orthanc binary (package ``orthanc``); else whatever is on PATH.
 ORTHANC = "/usr/sbin/Orthanc"
+#: Debian's DICOMweb plugin (package ``orthanc-dicomweb``).
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 #: Set to 1 (as CI does) to fail, not skip, when a real peer the tests use is missing.
 REQUIRE_TOOLS_ENV = "DICOMNODE_REQUIRE_TOOLS"
 
@@ -49,14 +62,30 @@ def orthanc_available() -> str | None:
     return None
 
 
-def require_orthanc() -> None:
-    """Skip the calling test when Orthanc is missing (fail with DICOMNODE_REQUIRE_TOOLS=1)."""
+def dicomweb_available() -> str | None:
+    """None when Orthanc and its DICOMweb plugin are installed, else the reason."""
     reason = orthanc_available()
+    if reason is None and not Path(DICOMWEB_PLUGIN).is_file():
+        reason = "Orthanc's DICOMweb plugin not installed (Debian package: orthanc-dicomweb)"
+    return reason
+
+
+def _require(reason: str | None) -> None:
     if reason is None:
         return
     if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
         pytest.fail(f"{REQUIRE_TOOLS_ENV}=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_orthanc() -> None:
+    """Skip the calling test when Orthanc is missing (fail with DICOMNODE_REQUIRE_TOOLS=1)."""
+    _require(orthanc_available())
+
+
+def require_dicomweb() -> None:
+    """As :func:`require_orthanc`, for Orthanc with its DICOMweb plugin."""
+    _require(dicomweb_available())
 
 
 #: Logs every C-STORE Orthanc receives, a duplicate included (Orthanc keeps one copy
@@ -91,6 +120,10 @@ class OrthancServer:
     modalities
         ``DicomModalities``: name -> (AE title, host, port) of the peers Orthanc may
         send to (e.g. the node under test).
+    dicomweb
+        Load the DICOMweb plugin: QIDO-RS, WADO-RS and STOW-RS under
+        :attr:`dicomweb_url` (``/dicom-web/``), with ``Full`` study and series metadata
+        (read from the stored files, so every attribute a viewer asks for is there).
     """
 
     def __init__(
@@ -98,8 +131,11 @@ class OrthancServer:
         folder: Path,
         ae_title: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        *,
+        dicomweb: bool = False,
     ) -> None:
         self.folder = folder
+        self.dicomweb = dicomweb
         self.ae_title = ae_title
         self.modalities = dict(modalities or {})
         self.dicom_port = _free_port()
@@ -113,6 +149,11 @@ class OrthancServer:
     def url(self) -> str:
         """The REST API's base URL."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (QIDO-RS, WADO-RS), without a trailing slash."""
+        return f"{self.url}/dicom-web"
 
     def write_config(self) -> Path:
         """Write ``orthanc.json`` from the current settings; its path."""
@@ -140,6 +181,17 @@ class OrthancServer:
             # that count our associations want them closed at once.
             "DicomAssociationCloseDelay": 0,
         }
+        if self.dicomweb:
+            config["Plugins"] = [DICOMWEB_PLUGIN]
+            config["DicomWeb"] = {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": True,
+                "WadoRoot": "/wado",
+                "Ssl": False,
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            }
         lua = self.folder / "count-stores.lua"
         lua.write_text(_COUNT_STORES, encoding="utf-8")
         config["LuaScripts"] = [str(lua)]

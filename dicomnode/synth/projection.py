@@ -277,9 +277,9 @@ def build_projection_dataset(header: ImageHeader, stored: npt.NDArray[np.uint16]
     """Build the modules every For Presentation projection image shares.
 
     SOP Common, Patient, General Study, General Series, DX Series (presentation
-    intent), Frame of Reference, General Equipment, General Image, Image Pixel and
-    DX Image / DX Detector values (PS3.3 A.26, A.27). The caller adds the
-    modality-specific modules (laterality, view, orientation).
+    intent), Frame of Reference, General Equipment, General Image, Image Pixel,
+    Acquisition Context and DX Image / DX Detector values (PS3.3 A.26, A.27). The
+    caller adds the modality-specific modules (laterality, view, orientation).
     """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -291,6 +291,9 @@ def build_projection_dataset(header: ImageHeader, stored: npt.NDArray[np.uint16]
     ds.SOPInstanceUID = header.sop_instance_uid
     ds.InstanceCreationDate = _DATE
     ds.InstanceCreationTime = _TIME
+    # Acquisition Context Module (PS3.3 C.7.6.14), mandatory in the DX and MG IODs:
+    # its sequence is Type 2, present and empty when no context is recorded.
+    ds.AcquisitionContextSequence = Sequence()
     _add_patient_study_series(ds, header)
     _add_image_pixel(ds, header, stored)
     return ds
