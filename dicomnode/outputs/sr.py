@@ -641,7 +641,13 @@ def _class_groups(
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"result.probabilities[{key!r}] must be in [0, 1], got {value}")
         laterality = side or None
-        probability = hd.sr.Measurement(name=PROBABILITY, value=float(value), unit=_RATIO)
+        views = _lateral_views(context, laterality)
+        probability = hd.sr.Measurement(
+            name=PROBABILITY,
+            value=float(value),
+            unit=_RATIO,
+            referenced_coordinates=_whole_images(context, views) or None,
+        )
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking(context, f"class {key}", f"class {key}"),
@@ -650,10 +656,41 @@ def _class_groups(
                 algorithm_id=context.producer.algorithm_template(),
                 measurements=[probability],
                 qualitative_evaluations=_laterality(context, laterality),
-                source_images=_group_sources(context, _lateral_views(context, laterality)),
+                source_images=_group_sources(context, views),
             )
         )
     return groups
+
+
+def _whole_images(context: _Context, names: Sequence[str]) -> list[hd.sr.CoordinatesForMeasurement]:
+    """The whole of each image of the short views a class probability is inferred from.
+
+    A classifier infers a class probability from its input images as a whole: a SCOORD
+    outlining each image (TID 300 INFERRED FROM TID 320) says so as exactly as an IMAGE
+    reference, and viewers need it. OHIF Viewer 3.13 reads every measurement group as
+    an annotation and fails to load a report whose group has no SCOORD ("Something
+    went wrong"; docs/outputs.md). A long series (a CT) is not outlined slice by slice.
+    """
+    coordinates = []
+    for name in names:
+        view = context.views[name]
+        if len(view.images) > LIBRARY_IMAGES_PER_VIEW:
+            continue
+        for index, uid in enumerate(view.volume.sop_instance_uids):
+            rows, columns = view.volume.shape[1:]
+            ds = view.by_uid[uid]
+            coordinates.append(
+                hd.sr.CoordinatesForMeasurement(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=_box(Region(name, index, 0, 0, rows, columns)),
+                    source_image=hd.sr.SourceImageForRegion(
+                        str(ds.SOPClassUID),
+                        str(ds.SOPInstanceUID),
+                        _frames(ds, view.volume.frame_numbers[index]),
+                    ),
+                )
+            )
+    return coordinates
 
 
 def _lateral_views(context: _Context, laterality: str | None) -> tuple[str, ...]:
