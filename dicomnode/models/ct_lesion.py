@@ -9,7 +9,10 @@ Pipeline (inference and training alike)
     4. Stack each slice with its neighbours about 2 mm above and below (the nearest
        slices to +-2 mm, at least one slice away) as channels: 2.5D input.
     5. Run the network on batches of slices under ``torch.inference_mode()``; two
-       sigmoid outputs, body and lesion (multi-label: a lesion is also body).
+       sigmoid outputs, body and lesion (multi-label: a lesion is also body). By
+       default the fast path runs it (batch norms folded, channels-last, bfloat16 on
+       a CPU that has it, float16 on CUDA; every step kept on the device): see
+       :mod:`dicomnode.models.ct_lesion_nn`.
     6. Resample the probabilities back onto the exact source grid (bilinear), threshold
        at 0.5, keep lesions inside the body, drop lesion components under
        ``min_lesion_mm3``; one :class:`~dicomnode.models.api.Finding` per component.
@@ -47,7 +50,8 @@ Training (:meth:`CtLesionSegModel.fit`)
     the best validation lesion Dice (working grid) is kept, early stop on patience.
 
 Pipeline options: ``attention`` (bool: the Attention U-Net instead of the U-Net),
-``lesion_threshold`` (0-1, default 0.5), ``min_lesion_mm3`` (default 30).
+``lesion_threshold`` (0-1, default 0.5), ``min_lesion_mm3`` (default 30),
+``inference`` (``fast``, the default, or ``reference``: the original float32 path).
 
 The network and steps 1-6 are in :mod:`dicomnode.models.ct_lesion_nn`, training and
 evaluation in :mod:`dicomnode.models.ct_lesion_training`; this module is the model.
@@ -76,12 +80,17 @@ from dicomnode.models.api import (
 )
 from dicomnode.models.ct_lesion_nn import (
     BODY_SEGMENT,
+    INFERENCE_PATHS,
     LESION_SEGMENT,
     VIEW,
+    InferencePath,
     NetConfig,
+    NetRunner,
+    Precision,
     find_lesions,
     new_network,
     segment,
+    segment_fast,
 )
 from dicomnode.models.ct_lesion_training import (
     Trainer,
@@ -122,6 +131,11 @@ class CtLesionSegModel:
         Network settings for training from scratch; loaded weights bring their own.
     training
         Settings of :meth:`fit`.
+    inference
+        ``fast`` (default) or ``reference``; the ``inference`` option overrides per job.
+    precision
+        Arithmetic of the fast path's convolutions (``auto``: the device's native
+        16-bit float, else float32; see :func:`~dicomnode.models.ct_lesion_nn.resolve_precision`).
     """
 
     name = "ct-lesion-seg"
@@ -144,8 +158,16 @@ class CtLesionSegModel:
         weights: Path | None = None,
         config: NetConfig | None = None,
         training: TrainingConfig | None = None,
+        inference: InferencePath = "fast",
+        precision: Precision = "auto",
     ) -> None:
+        if inference not in INFERENCE_PATHS:
+            raise ValueError(
+                f"CtLesionSegModel inference must be fast or reference, got {inference!r}"
+            )
         self.device = torch.device(device)
+        self.inference: InferencePath = inference
+        self.precision: Precision = precision
         self.attention = attention
         self.config = config or NetConfig(attention=attention)
         if self.config.attention != attention:
@@ -153,6 +175,7 @@ class CtLesionSegModel:
         self.training = training or TrainingConfig()
         self.batch_size = 32 if self.device.type == "cuda" else 8
         self._networks: dict[bool, tuple[NetConfig, UNet]] = {}
+        self._runners: dict[bool, NetRunner] = {}
         path = weights or weights_path(attention)
         if weights is not None or path.exists():
             self._networks[attention] = self._load(path)
@@ -175,14 +198,19 @@ class CtLesionSegModel:
         attention = _bool_option(study.options, "attention", self.attention)
         threshold = _float_option(study.options, "lesion_threshold", 0.5, 0.0, 1.0)
         min_volume = _float_option(study.options, "min_lesion_mm3", 30.0, 0.0, float("inf"))
+        path = _path_option(study.options, self.inference)
         config, net = self._network(attention)
         volume = view.volume
-        seg = segment(volume, net, config, self.device, self.batch_size, threshold)
-        findings, kept = find_lesions(seg, volume.spacing, min_volume)
+        if path == "fast":
+            seg = segment_fast(volume, self._runner(attention), config, threshold)
+        else:
+            seg = segment(volume, net, config, self.device, self.batch_size, threshold)
+        findings, kept = find_lesions(seg, volume.spacing, min_volume, whole_grid=path != "fast")
         masks = np.stack([seg.body, kept])
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         summary: dict[str, object] = {
             "network": "attention-unet" if attention else "unet",
+            "inference": path,
             "lesion_count": len(findings),
             "lesion_volume_mm3": round(float(kept.sum()) * voxel_ml * 1000.0, 1),
             "body_volume_ml": round(float(seg.body.sum()) * voxel_ml, 1),
@@ -202,6 +230,13 @@ class CtLesionSegModel:
                 raise RuntimeError(f"ct-lesion-seg has no trained {variant} weights ({path})")
             self._networks[attention] = self._load(path)
         return self._networks[attention]
+
+    def _runner(self, attention: bool) -> NetRunner:
+        """The fast path's copy of a network, built once per loaded network."""
+        if attention not in self._runners:
+            _, net = self._network(attention)
+            self._runners[attention] = NetRunner(net, self.device, self.precision)
+        return self._runners[attention]
 
     def _load(self, path: Path) -> tuple[NetConfig, UNet]:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -252,6 +287,7 @@ class CtLesionSegModel:
         trainer = Trainer(config, cfg, self.device, self.batch_size)
         best_epoch, best, history = trainer.run_epochs(net, train_data, val_data, rng, progress)
         self._networks[self.attention] = (config, net.eval())
+        self._runners.pop(self.attention, None)  # the old weights' fused copy
         return {
             "seed": seed,
             "epochs": len(history),
@@ -298,6 +334,14 @@ def _bool_option(options: Mapping[str, object], key: str, default: bool) -> bool
         return _BOOLEANS[str(value).strip().lower()]
     except KeyError:
         raise ValueError(f"option {key!r} must be true or false, got {value!r}") from None
+
+
+def _path_option(options: Mapping[str, object], default: InferencePath) -> InferencePath:
+    value = str(options.get("inference", default)).strip().lower()
+    for path in INFERENCE_PATHS:
+        if value == path:
+            return path
+    raise ValueError(f"option 'inference' must be fast or reference, got {value!r}")
 
 
 def _float_option(

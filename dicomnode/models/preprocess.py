@@ -17,6 +17,8 @@ shape ``(slices, rows, columns)``; none reads files or keeps state.
   :func:`inplane_shape` / the source shape lands on the exact source grid.
   :func:`resample_mask` does it for masks: linear interpolation of the 0/1 values
   then a 0.5 threshold (``method="threshold"``, smooth edges) or nearest neighbour.
+  :func:`resize_slices` is the same resampling on a torch tensor (any device), for
+  pipelines that keep their arrays on the GPU.
 - :func:`label_components` labels face-connected components of a mask of any
   dimension (scipy is not a dependency): union-find over the neighbour pairs with
   pointer jumping, vectorised in numpy; :func:`component_boxes` gives their
@@ -45,6 +47,7 @@ __all__ = [
     "longest_axial_diameter",
     "resample_mask",
     "resample_slices",
+    "resize_slices",
     "window",
     "zscore",
 ]
@@ -382,21 +385,40 @@ def resample_slices(
     planar = array.ndim == 3
     stack = array[:, np.newaxis] if planar else array
     out = np.empty((stack.shape[0], stack.shape[1], *shape), dtype=np.float32)
-    torch_mode = "bilinear" if mode == "linear" else "nearest-exact"
     for start in range(0, stack.shape[0], _CHUNK):
         chunk = torch.from_numpy(np.asarray(stack[start : start + _CHUNK], dtype=np.float32))
-        if chunk.shape[2:] == shape:
-            resized = chunk
-        elif mode == "linear":
-            # Antialiasing (a triangle filter as wide as the step) when shrinking, so
-            # downsampled noise is averaged rather than aliased; no effect when growing.
-            resized = F.interpolate(
-                chunk, size=shape, mode=torch_mode, align_corners=False, antialias=True
-            )
-        else:
-            resized = F.interpolate(chunk, size=shape, mode=torch_mode)
-        out[start : start + _CHUNK] = resized.numpy()
+        out[start : start + _CHUNK] = resize_slices(chunk, shape, mode).numpy()
     return out[:, 0] if planar else out
+
+
+def resize_slices(
+    x: torch.Tensor,
+    shape: tuple[int, int],
+    mode: Literal["linear", "nearest"] = "linear",
+) -> torch.Tensor:
+    """Resize a float tensor (batch, channels, rows, columns) in-plane, as :func:`resample_slices`.
+
+    Parameters
+    ----------
+    x
+        Floating-point tensor on any device.
+    shape
+        New (rows, columns).
+    mode
+        ``linear`` (bilinear, antialiased when shrinking) or ``nearest``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` itself when the shape is already ``shape``, else a new tensor.
+    """
+    if tuple(x.shape[2:]) == shape:
+        return x
+    if mode == "linear":
+        # Antialiasing (a triangle filter as wide as the step) when shrinking, so
+        # downsampled noise is averaged rather than aliased; no effect when growing.
+        return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=shape, mode="nearest-exact")
 
 
 def resample_mask(

@@ -17,10 +17,16 @@ target are suppressed before they are fused.
 Both take ``(batch, in_channels, height, width)`` and return logits of shape
 ``(batch, out_channels, height, width)``. Any height and width work: the input is
 padded to a multiple of ``2 ** (depth - 1)`` and the output cropped back.
+
+:func:`fuse_batch_norm` gives an inference copy with every batch norm folded into
+the convolution before it: the same function of the input with one pass over each
+feature map fewer (weights files are unchanged; the copy is built at load time).
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from typing import Literal
 
@@ -28,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionGate", "AttentionUNet", "Norm", "UNet", "build_unet"]
+__all__ = ["AttentionGate", "AttentionUNet", "Norm", "UNet", "build_unet", "fuse_batch_norm"]
 
 
 #: Normalisation after each convolution: batch norm, or group norm (8 groups or fewer).
@@ -249,3 +255,70 @@ def build_unet(
     if attention:
         return AttentionUNet(in_channels, out_channels, base_channels, depth, norm)
     return UNet(in_channels, out_channels, base_channels, depth, norm=norm)
+
+
+def fuse_batch_norm(net: UNet) -> UNet:
+    """Return an inference copy of ``net`` with each batch norm folded into its convolution.
+
+    In evaluation mode a batch norm is the affine map
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel (fixed statistics:
+    Ioffe and Szegedy 2015, "Batch Normalization"), so a convolution followed by it is
+    one convolution with scaled filters and a new bias. Every ``Conv2d`` directly
+    followed by a ``BatchNorm2d`` in a ``Sequential`` becomes that convolution and the
+    norm an ``Identity``; group norms (which depend on the input) are left as they are.
+    ``net`` is not changed.
+
+    Parameters
+    ----------
+    net
+        A trained network; its running statistics are used.
+
+    Returns
+    -------
+    UNet
+        The copy, in evaluation mode, on ``net``'s device.
+    """
+    fused = copy.deepcopy(net).eval()
+    sequences = [m for m in fused.modules() if isinstance(m, nn.Sequential)]
+    for sequence in sequences:
+        children = list(sequence.named_children())
+        for (name, conv), (norm_name, norm) in itertools.pairwise(children):
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                setattr(sequence, name, _folded(conv, norm))
+                setattr(sequence, norm_name, nn.Identity())
+    return fused
+
+
+def _folded(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """One convolution computing ``norm(conv(x))`` of an evaluation-mode batch norm."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("fuse_batch_norm needs batch norms with running statistics")
+    # Folded in float64, so the only rounding is the final cast to the weights' dtype.
+    mean = norm.running_mean.double()
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.double()
+    shift = -mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    if conv.bias is not None:
+        shift = shift + conv.bias.double() * scale
+    dtype, device = conv.weight.dtype, conv.weight.device
+    out = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=device,
+        dtype=dtype,
+    ).eval()
+    with torch.no_grad():
+        out.weight.copy_((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype))
+        assert out.bias is not None
+        out.bias.copy_(shift.to(dtype))
+    return out
