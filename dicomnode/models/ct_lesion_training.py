@@ -1,18 +1,26 @@
 """Training and evaluation of ct-lesion-seg (see :mod:`~dicomnode.models.ct_lesion`).
 
-:func:`prepare` brings a labelled study onto the network's working grid once;
+:func:`prepare` brings a labelled study onto the network's working grid once
+(:func:`prepare_volume` does the same for a volume and masks that never were DICOM,
+such as a generator's: :func:`prepare_generated` takes a :data:`VolumeSource`);
 :class:`Trainer` then samples 128 x 128 patches from the prepared studies (60 % near a
 lesion voxel, random left-right flips), optimises BCE on both channels plus soft Dice
 on the lesion channel with AdamW on a cosine rate, re-estimates the batch-norm
 statistics before each validation and keeps the epoch with the best validation lesion
 Dice. :func:`evaluate_studies` scores a model's predictions on the source grid.
+
+Training on generated data: ``Trainer.run_epochs(..., refresh=...)`` replaces the
+training studies before each epoch after the first with what ``refresh(epoch)``
+returns (for instance freshly generated volumes, so no study is seen twice). Without
+``refresh`` (the default) training is exactly what it was when the shipped weights
+were made: the same studies every epoch, the same random draws.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dicomnode.models import codes, preprocess
-from dicomnode.models.api import Code, ModelResult, StudyViews
+from dicomnode.models.api import Code, ModelResult, StudyViews, Volume
 from dicomnode.models.ct_lesion_nn import (
     VIEW,
     NetConfig,
@@ -38,10 +46,18 @@ __all__ = [
     "Prepared",
     "Trainer",
     "TrainingConfig",
+    "VolumeSource",
     "evaluate_studies",
     "ordered",
     "prepare",
+    "prepare_generated",
+    "prepare_volume",
 ]
+
+#: A source of generated training volumes: seed -> (volume, lesion mask, body mask or
+#: None), the masks boolean on the volume's grid (e.g.
+#: :func:`dicomnode.synth.ct.anatomical.anatomical_training_sample`).
+VolumeSource = Callable[[int], tuple[Volume, npt.NDArray[np.bool_], npt.NDArray[np.bool_] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +128,13 @@ class Trainer:
         val_data: Sequence[Prepared],
         rng: np.random.Generator,
         progress: Progress,
+        refresh: Callable[[int], Sequence[Prepared]] | None = None,
     ) -> tuple[int, dict[str, float], list[dict[str, float | int]]]:
-        """Train until the epoch limit or patience runs out; leave ``net`` at its best epoch."""
+        """Train until the epoch limit or patience runs out; leave ``net`` at its best epoch.
+
+        ``refresh(epoch)``, when given, supplies the training studies of each epoch
+        after the first (``train_data`` is the first epoch's).
+        """
         cfg, started = self.training, time.monotonic()
         optimiser = torch.optim.AdamW(
             net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
@@ -122,6 +143,8 @@ class Trainer:
         best: dict[str, float] = {"lesion_dice": -1.0}
         best_state, best_epoch, history = copy.deepcopy(net.state_dict()), 0, []
         for epoch in range(1, cfg.max_epochs + 1):
+            if refresh is not None and epoch > 1:
+                train_data = refresh(epoch)
             loss = self._train_epoch(net, optimiser, train_data, rng)
             schedule.step()
             self._recalibrate(net, train_data, rng)
@@ -243,16 +266,37 @@ def prepare(labelled: LabelledStudy, config: NetConfig) -> Prepared:
     if view is None:
         raise ValueError(f"a training study has no {VIEW!r} view")
     volume = view.volume
+    lesion = _truth(labelled, codes.LESION, volume.shape)
+    body = None
+    if any(codes.same_code(s.type, codes.BODY) for s in labelled.segments):
+        body = _truth(labelled, codes.BODY, volume.shape)
+    return prepare_volume(volume, lesion, body, config)
+
+
+def prepare_volume(
+    volume: Volume,
+    lesion: npt.NDArray[np.bool_],
+    body: npt.NDArray[np.bool_] | None,
+    config: NetConfig,
+) -> Prepared:
+    """Bring a volume and its truth masks (on the volume's grid) onto the working grid."""
+    if lesion.shape != volume.shape or (body is not None and body.shape != volume.shape):
+        raise ValueError(f"truth masks must have the volume's shape {volume.shape}")
     image, box = working_image(volume, config)
     shape = (image.shape[2], image.shape[3])
     prepared = Prepared(image.astype(np.float16), context_offset(volume, config))
-    lesion = _truth(labelled, codes.LESION, volume.shape)
     prepared.lesion = preprocess.resample_mask(box.crop(lesion), shape)
     prepared.lesion_voxels = np.argwhere(prepared.lesion)
-    if any(codes.same_code(s.type, codes.BODY) for s in labelled.segments):
-        body = _truth(labelled, codes.BODY, volume.shape)
+    if body is not None:
         prepared.body = preprocess.resample_mask(box.crop(body), shape)
     return prepared
+
+
+def prepare_generated(
+    source: VolumeSource, seeds: Iterable[int], config: NetConfig
+) -> list[Prepared]:
+    """Generate a volume per seed and bring each onto the working grid."""
+    return [prepare_volume(*source(seed), config) for seed in seeds]
 
 
 def _sample_batch(

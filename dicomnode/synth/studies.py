@@ -3,7 +3,7 @@
 Layout under the output folder (one folder per study, one patient per study)::
 
     ct/DEMO-CT-0001/0001.dcm ...        CT series (body, lungs, spine, lesions)
-    ct/DEMO-CT-0001/truth-seg.dcm       SEG: body, lesion
+    ct/DEMO-CT-0001/truth-seg.dcm       SEG: body, lesion (body only when lesion-free)
     mg/DEMO-MG-0001/L-CC.dcm ...        four views, one series each
     mg/DEMO-MG-0001/truth-L-CC.dcm ...  SEG per view that shows a real lesion
     cxr/DEMO-CXR-0001/PA.dcm, LAT.dcm   chest PA + lateral
@@ -12,6 +12,12 @@ Layout under the output folder (one folder per study, one patient per study)::
 Study ``i`` of a kind uses seed ``seed + i``, so two folders made with seeds far apart
 share no study (use that for held-out test sets). The same options always write the
 same bytes.
+
+CT studies come from the simple phantom (:mod:`dicomnode.synth.ct.phantom`, the
+default: what the shipped ``ct-lesion-seg`` weights were trained on) or, with
+``ct_anatomical``, from the anatomical generator (:mod:`dicomnode.synth.ct.anatomical`):
+then slice thickness, field of view, phase, region and patient vary per study, and
+``ct_thickness`` is not used.
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from pydicom.dataset import Dataset
 
 from dicomnode.models import codes
 from dicomnode.models.api import SegmentLabel
-from dicomnode.synth.ct import build_ct_series, ct_phantom
+from dicomnode.synth.ct import (
+    AnatomicalCtOptions,
+    build_anatomical_ct_series,
+    build_ct_series,
+    ct_phantom,
+    draw_anatomical_ct,
+    render_anatomical_ct,
+)
 
 __all__ = ["CT_TRUTH_LABELS", "DemoOptions", "write_demo_data"]
 
@@ -51,6 +64,7 @@ class DemoOptions:
     ct_slices: int = 120
     ct_size: int = 512
     ct_thickness: float = 1.0
+    ct_anatomical: bool = False
     mg_rows: int = 512
     cxr_size: int = 512
 
@@ -98,6 +112,9 @@ def _write_truth(
 
 def _write_ct(out: Path, seed: int, options: DemoOptions) -> None:
     patient = f"DEMO-CT-{seed:04d}"
+    if options.ct_anatomical:
+        _write_anatomical_ct(out / "ct" / patient, seed, options, patient)
+        return
     # Keep the field of view of the 512 x 0.7 mm default whatever the matrix size.
     spacing = 0.7 * 512 / options.ct_size
     slices, size, thickness = options.ct_slices, options.ct_size, options.ct_thickness
@@ -110,6 +127,19 @@ def _write_ct(out: Path, seed: int, options: DemoOptions) -> None:
         _save(ds, folder / f"{ds.InstanceNumber:04d}.dcm")
     phantom = ct_phantom(seed, slices, size, size, thickness, spacing)
     masks = np.stack([phantom.body_mask(), phantom.lesion_labels() > 0])
+    _write_truth(datasets, masks, CT_TRUTH_LABELS, folder / "truth-seg.dcm")
+
+
+def _write_anatomical_ct(folder: Path, seed: int, options: DemoOptions, patient: str) -> None:
+    size = options.ct_size
+    ct = draw_anatomical_ct(
+        seed, AnatomicalCtOptions(slices=options.ct_slices, rows=size, columns=size)
+    )
+    rendered = render_anatomical_ct(ct)
+    datasets = build_anatomical_ct_series(ct, rendered, patient_id=patient, patient_name="Demo^CT")
+    for ds in datasets:
+        _save(ds, folder / f"{ds.InstanceNumber:04d}.dcm")
+    masks = np.stack([rendered.body_mask(), rendered.lesion_mask()])
     _write_truth(datasets, masks, CT_TRUTH_LABELS, folder / "truth-seg.dcm")
 
 

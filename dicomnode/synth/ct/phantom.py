@@ -1,4 +1,4 @@
-"""Synthetic chest CT series built from an analytic phantom.
+"""The simple synthetic chest CT: an analytic phantom of bright spheres in a plain body.
 
 The phantom is a chest-like elliptical cylinder (soft tissue with a fat rim), two
 ellipsoidal lungs in the upper (superior) part of the scanned range, a bone cylinder
@@ -28,11 +28,10 @@ from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import RE_VALID_UID, CTImageStorage, ExplicitVRLittleEndian
-from pydicom.valuerep import format_number_as_ds
+from pydicom.dataset import Dataset
+from pydicom.uid import RE_VALID_UID
 
-from dicomnode import __version__
+from dicomnode.synth.ct._dicom import SeriesHeader, slice_dataset
 from dicomnode.uids import derive_uid
 
 __all__ = [
@@ -77,10 +76,6 @@ _LESION_ATTEMPTS = 500
 # CT Image IOD pixel encoding: 12 bits stored unsigned, HU = stored - 1024 (PS3.3 C.8.2.1).
 _RESCALE_INTERCEPT = -1024.0
 _MAX_STORED = 4095.0
-
-# Fixed dates keep the output byte-identical between runs.
-_DATE = "20200101"
-_TIME = "120000"
 
 # Deterministic UIDs without a registered root (dicomnode.uids); pydicom's generate_uid
 # ignores its entropy sources when prefix is None, so it cannot do this.
@@ -489,11 +484,6 @@ def _render_series(phantom: CtPhantom) -> Iterator[npt.NDArray[np.uint16]]:
         yield image.astype("<u2")
 
 
-def _ds(value: float) -> str:
-    """Format a DS value: rounded to a micrometre so float noise never shows."""
-    return format_number_as_ds(round(value, 6) + 0.0)
-
-
 def _slice_dataset(
     phantom: CtPhantom,
     index: int,
@@ -505,99 +495,16 @@ def _slice_dataset(
 ) -> Dataset:
     """Build the CT Image IOD (PS3.3 A.3) for one slice."""
     study_uid, series_uid = uids
-    sop_uid = derive_uid(_UID_NAMESPACE, "sop", series_uid, str(index))
-    position = phantom.image_position(index)
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    # SOP Common
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceCreationDate = _DATE
-    ds.InstanceCreationTime = _TIME
-    _add_patient_and_study(ds, study_uid, patient)
-    _add_series_and_equipment(ds, series_uid, series)
-
-    # General Image and General Acquisition
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.InstanceNumber = index + 1
-    ds.AcquisitionNumber = 1
-    ds.AcquisitionDate = _DATE
-    ds.AcquisitionTime = _TIME
-    ds.ContentDate = _DATE
-    ds.ContentTime = _TIME
-    ds.BurnedInAnnotation = "NO"
-    ds.LossyImageCompression = "00"
-    ds.ImageComments = "Synthetic phantom, not patient data"
-
-    # Image Plane: rows along +y, columns along +x, so the normal is +z.
-    ds.PixelSpacing = [_ds(phantom.pixel_spacing)] * 2
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.ImagePositionPatient = [_ds(value) for value in position]
-    ds.SliceThickness = _ds(phantom.slice_thickness)
-    ds.SliceLocation = _ds(position[2])
-
-    # CT Image: 12 of 16 bits, unsigned, HU = stored - 1024 (PS3.3 C.8.2.1.1).
-    ds.KVP = "120"
-    ds.RescaleIntercept = _ds(_RESCALE_INTERCEPT)
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
-    ds.ConvolutionKernel = "STANDARD"
-    ds.ReconstructionDiameter = _ds(max(phantom.rows, phantom.columns) * phantom.pixel_spacing)
-    ds.WindowCenter = ["40", "-600"]
-    ds.WindowWidth = ["400", "1500"]
-    ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "LUNG"]
-
-    # Image Pixel
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = phantom.rows
-    ds.Columns = phantom.columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.add_new(0x7FE00010, "OW", stored.tobytes())
-    return ds
-
-
-def _add_patient_and_study(ds: Dataset, study_uid: str, patient: tuple[str, str]) -> None:
-    patient_id, patient_name = patient
-    # Patient: birth date is type 2, so present and empty; sex "O" (other) is honest.
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    # General Study: referring physician and accession number are type 2.
-    ds.StudyInstanceUID = study_uid
-    ds.StudyDate = _DATE
-    ds.StudyTime = _TIME
-    ds.ReferringPhysicianName = ""
-    ds.AccessionNumber = ""
-    ds.StudyID = "1"
-    ds.StudyDescription = "Synthetic chest CT"
-
-
-def _add_series_and_equipment(ds: Dataset, series_uid: str, series: tuple[int, str]) -> None:
-    series_number, series_description = series
-    # General Series: PatientPosition is required for CT (PS3.3 C.7.3.1.1.2).
-    ds.Modality = "CT"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = series_description
-    ds.SeriesDate = _DATE
-    ds.SeriesTime = _TIME
-    ds.BodyPartExamined = "CHEST"
-    ds.PatientPosition = "HFS"
-    # Frame of Reference: every slice of the series shares one.
-    ds.FrameOfReferenceUID = derive_uid(_UID_NAMESPACE, "frame-of-reference", series_uid)
-    ds.PositionReferenceIndicator = ""
-    # General Equipment
-    ds.Manufacturer = "dicomnode"
-    ds.ManufacturerModelName = "synthetic CT phantom"
-    ds.SoftwareVersions = __version__
+    header = SeriesHeader(
+        namespace=_UID_NAMESPACE,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        patient=patient,
+        series=series,
+        rows=phantom.rows,
+        columns=phantom.columns,
+        pixel_spacing=phantom.pixel_spacing,
+        slice_thickness=phantom.slice_thickness,
+        reconstruction_diameter=max(phantom.rows, phantom.columns) * phantom.pixel_spacing,
+    )
+    return slice_dataset(header, index, phantom.image_position(index), stored)
