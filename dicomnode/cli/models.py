@@ -170,6 +170,12 @@ def evaluate(ctx: click.Context, model_name: str, data: Path, every: bool, seed:
 @click.option("--ct-slices", default=120, show_default=True, help="Slices per CT series.")
 @click.option("--ct-size", default=512, show_default=True, help="Rows and columns of a CT slice.")
 @click.option("--ct-thickness", default=1.0, show_default=True, help="CT slice spacing, mm.")
+@click.option(
+    "--ct-anatomical",
+    is_flag=True,
+    help="CT from the anatomical generator (organs, contrast phases, varied scanners) "
+    "instead of the simple phantom; --ct-thickness is then not used.",
+)
 @click.option("--mg-rows", default=512, show_default=True, help="Rows of a mammogram.")
 @click.option(
     "--cxr-size", default=512, show_default=True, help="Rows and columns of a chest image."
