@@ -16,8 +16,11 @@ Two inference paths compute the same steps:
     convolutions (:func:`~dicomnode.models.unet.fuse_batch_norm`), channels-last,
     under ``torch.inference_mode()`` and, where the device computes it natively,
     autocast to a 16-bit float (:func:`resolve_precision`: bfloat16 on a CPU with
-    AVX512-BF16 or AMX, float16 on CUDA, float32 elsewhere). Lesion components are
-    labelled inside the box that holds the lesion voxels only.
+    AVX512-BF16 or AMX, float16 on CUDA, float32 elsewhere). On a CPU the chunks
+    run in a small pool of threads, each with single-threaded torch
+    (:class:`SliceWorkers`), so that a machine shared with other processes does not
+    leave OpenMP threads spinning at every operation's barrier. Lesion components
+    are labelled inside the box that holds the lesion voxels only.
 ``reference`` (:func:`segment`)
     The original path, float32 throughout, numpy between steps, kept to check the
     fast one against (``bench/inference.py``, ``tests/unit/test_ct_lesion_fast.py``).
@@ -26,12 +29,15 @@ Why these steps: profiled on a 300 x 512 x 512 CT on a 2-core CPU, the reference
 path spent about 80 % of its time in the network's convolutions (folding the batch
 norms removes a pass over every feature map, and bfloat16 halves the memory traffic
 the small-channel convolutions are bound by), the rest in single-threaded numpy
-passes over the whole grid (windows, thresholds, labelling 78 million voxels).
+passes over the whole grid (windows, thresholds, labelling 78 million voxels). On that
+machine while other processes used the cores, torch's two OpenMP threads made the
+forward passes 4 times slower than one thread did, hence :class:`SliceWorkers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -53,6 +59,7 @@ __all__ = [
     "NetRunner",
     "Precision",
     "Segmentation",
+    "SliceWorkers",
     "context_offset",
     "find_lesions",
     "infer",
@@ -250,6 +257,60 @@ def _cpu_has_bfloat16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+class SliceWorkers:
+    """Run a function over chunks of slices, on a CPU in threads of single-threaded torch.
+
+    torch parallelises each operation over its OpenMP threads, which wait for one
+    another at the end of every operation by spinning (libgomp's default). On a CPU
+    shared with other processes, a descheduled thread keeps its partner spinning: the
+    same forward passes took 4 times as long with 2 threads as with 1 on a busy 2-core
+    machine, and burned twice the CPU time. Here each thread of a small pool runs
+    whole chunks (batches of slices) with torch single-threaded inside, so no thread
+    ever waits for another until the last chunk: as fast as OpenMP on an idle machine,
+    and no slower than the CPU share a busy one gives.
+
+    Used as a context manager: on a CPU with ``workers`` > 1 it sets torch's
+    (process-wide) thread count to 1 inside and restores it on leaving; on CUDA, or
+    with one worker, chunks run one after another in the calling thread.
+
+    Parameters
+    ----------
+    device
+        Where the chunks' tensors are.
+    workers
+        Threads; torch's thread count on entering when 0.
+    """
+
+    def __init__(self, device: torch.device, workers: int = 0) -> None:
+        self.device = device
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._threads = 0
+
+    def __enter__(self) -> SliceWorkers:
+        workers = self.workers or torch.get_num_threads()
+        if self.device.type == "cpu" and workers > 1:
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct-lesion")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)  # after a failed chunk: skip the rest
+            self._pool = None
+            torch.set_num_threads(self._threads)
+
+    def map(self, function: Callable[[int], None], starts: Iterable[int]) -> None:
+        """Call ``function(start)`` for each start; the first exception is raised here."""
+        if self._pool is None:
+            for start in starts:
+                function(start)
+            return
+        for _ in self._pool.map(function, starts):
+            pass
+
+
 class NetRunner:
     """The fast path's network: batch norms folded, channels-last, 16-bit where native.
 
@@ -278,26 +339,32 @@ class NetRunner:
         fused = fuse_batch_norm(net).to(device)
         self.net = fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    def probabilities(self, image: torch.Tensor, offset: int, context: int) -> torch.Tensor:
+    def probabilities(
+        self, image: torch.Tensor, offset: int, context: int, workers: SliceWorkers
+    ) -> torch.Tensor:
         """Body and lesion probabilities (slices, 2, rows, columns), float32, on the device.
 
         ``image`` is the working image (slices, windows, rows, columns) on the device;
         each slice gets its neighbours +-``offset`` (clamped), ``context`` on each side,
-        as channels, in the order of :func:`stack_context`.
+        as channels, in the order of :func:`stack_context`. Batches run on ``workers``.
         """
         slices = image.shape[0]
         out = torch.empty((slices, 2, *image.shape[2:]), dtype=torch.float32, device=self.device)
         steps = torch.arange(-context, context + 1, device=self.device) * offset
-        autocast = torch.autocast(
-            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
-        )
-        with torch.inference_mode(), autocast:
-            for start in range(0, slices, self.batch_size):
+
+        def run_batch(start: int) -> None:
+            # Autocast and inference mode are per thread: set them in the worker.
+            autocast = torch.autocast(
+                self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+            )
+            with torch.inference_mode(), autocast:
                 stop = min(start + self.batch_size, slices)
                 indices = torch.arange(start, stop, device=self.device)
                 around = (indices[:, None] + steps[None, :]).clamp_(0, slices - 1)
                 x = image[around].flatten(1, 2).contiguous(memory_format=torch.channels_last)
                 out[start:stop] = torch.sigmoid(self.net(x).float())
+
+        workers.map(run_batch, range(0, slices, self.batch_size))
         return out
 
 
@@ -312,17 +379,20 @@ def segment_fast(
         threshold=config.body_threshold,
         margin_mm=config.crop_margin_mm,
     )
-    with torch.inference_mode():
-        image = _working_tensor(volume, box, config, runner.device)
-        probability = runner.probabilities(
-            image, context_offset(volume, config), config.context_slices
-        )
+    offset = context_offset(volume, config)
+    with torch.inference_mode(), SliceWorkers(runner.device) as workers:
+        image = _working_tensor(volume, box, config, runner.device, workers)
+        probability = runner.probabilities(image, offset, config.context_slices, workers)
         del image
-        return _on_source_grid(probability, box, volume.shape, threshold)
+        return _on_source_grid(probability, box, volume.shape, threshold, workers)
 
 
 def _working_tensor(
-    volume: Volume, box: preprocess.CropBox, config: NetConfig, device: torch.device
+    volume: Volume,
+    box: preprocess.CropBox,
+    config: NetConfig,
+    device: torch.device,
+    workers: SliceWorkers,
 ) -> torch.Tensor:
     """:func:`working_image` as a tensor on ``device``, one chunk of slices at a time."""
     shape = preprocess.inplane_shape(
@@ -330,14 +400,18 @@ def _working_tensor(
     )
     cropped = box.crop(np.asarray(volume.array, dtype=np.float32))
     image = torch.empty((cropped.shape[0], len(config.windows), *shape), device=device)
-    for start in range(0, cropped.shape[0], _CHUNK):
-        chunk = torch.from_numpy(cropped[start : start + _CHUNK]).to(device).contiguous()
-        resized = preprocess.resize_slices(chunk[:, None], shape)[:, 0]
-        for i, (centre, width) in enumerate(config.windows):
-            # As preprocess.window: (value - lower edge) / width, clipped to [0, 1].
-            low = np.float32(centre - width / 2)
-            windowed = (resized - float(low)) / float(np.float32(width))
-            image[start : start + _CHUNK, i] = windowed.clamp_(0.0, 1.0)
+
+    def prepare_chunk(start: int) -> None:
+        with torch.inference_mode():
+            chunk = torch.from_numpy(cropped[start : start + _CHUNK]).to(device).contiguous()
+            resized = preprocess.resize_slices(chunk[:, None], shape)[:, 0]
+            for i, (centre, width) in enumerate(config.windows):
+                # As preprocess.window: (value - lower edge) / width, clipped to [0, 1].
+                low = np.float32(centre - width / 2)
+                windowed = (resized - float(low)) / float(np.float32(width))
+                image[start : start + _CHUNK, i] = windowed.clamp_(0.0, 1.0)
+
+    workers.map(prepare_chunk, range(0, cropped.shape[0], _CHUNK))
     return image
 
 
@@ -346,20 +420,26 @@ def _on_source_grid(
     box: preprocess.CropBox,
     shape: tuple[int, int, int],
     threshold: float,
+    workers: SliceWorkers,
 ) -> Segmentation:
     """Step 6 of :func:`segment` on tensors: upsample, threshold, copy into numpy masks."""
     body = np.zeros(shape, dtype=bool)
     lesion = np.zeros(shape, dtype=bool)
     lesion_probability = np.empty((shape[0], *box.shape), dtype=np.uint8)
-    for start in range(0, shape[0], _CHUNK):
+
+    def finish_chunk(start: int) -> None:
         stop = start + _CHUNK
-        back = preprocess.resize_slices(probability[start:stop], box.shape)
-        inside = back[:, 0] >= 0.5
-        # copy_ into a tensor sharing the numpy masks' memory (and from CUDA, if there).
-        torch.from_numpy(box.crop(body[start:stop])).copy_(inside)
-        torch.from_numpy(box.crop(lesion[start:stop])).copy_((back[:, 1] >= threshold) & inside)
-        scaled = torch.round(back[:, 1] * 255.0).to(torch.uint8)
-        torch.from_numpy(lesion_probability[start:stop]).copy_(scaled)
+        with torch.inference_mode():
+            back = preprocess.resize_slices(probability[start:stop], box.shape)
+            inside = back[:, 0] >= 0.5
+            found = (back[:, 1] >= threshold) & inside
+            scaled = torch.round(back[:, 1] * 255.0).to(torch.uint8)
+            # copy_ into tensors sharing the numpy arrays' memory (from CUDA, if there).
+            torch.from_numpy(box.crop(body[start:stop])).copy_(inside)
+            torch.from_numpy(box.crop(lesion[start:stop])).copy_(found)
+            torch.from_numpy(lesion_probability[start:stop]).copy_(scaled)
+
+    workers.map(finish_chunk, range(0, shape[0], _CHUNK))
     return Segmentation(body, lesion, lesion_probability, box)
 
 

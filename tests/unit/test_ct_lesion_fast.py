@@ -9,7 +9,13 @@ import torch
 
 from dicomnode.models.api import ModelResult, StudyViews, View
 from dicomnode.models.ct_lesion import CtLesionSegModel, weights_path
-from dicomnode.models.ct_lesion_nn import Segmentation, find_lesions, resolve_precision
+from dicomnode.models.ct_lesion_nn import (
+    NetRunner,
+    Segmentation,
+    SliceWorkers,
+    find_lesions,
+    resolve_precision,
+)
 from dicomnode.models.preprocess import CropBox
 from dicomnode.models.unet import UNet, build_unet, fuse_batch_norm
 from dicomnode.synth.ct import build_ct_series
@@ -101,6 +107,38 @@ def test_precision_auto_is_float16_on_cuda_and_names_are_kept() -> None:
     assert resolve_precision(torch.device("cpu")) in (torch.bfloat16, torch.float32)
     assert resolve_precision(torch.device("cpu"), "float32") == torch.float32
     assert resolve_precision(torch.device("cuda:0"), "bfloat16") == torch.bfloat16
+
+
+# -- slice workers ---------------------------------------------------------------------
+
+
+def test_slice_workers_give_the_same_probabilities_and_restore_torch_s_threads() -> None:
+    net = _trained_looking(build_unet(6, 2, 4, 3, False))
+    runner = NetRunner(net, torch.device("cpu"), "float32", batch_size=2)
+    image = torch.rand(7, 2, 24, 30, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    with SliceWorkers(runner.device, 1) as one:
+        alone = runner.probabilities(image, 1, 1, one)
+    with SliceWorkers(runner.device, 3) as three:
+        assert torch.get_num_threads() == 1  # each worker runs single-threaded torch
+        pooled = runner.probabilities(image, 1, 1, three)
+    assert torch.get_num_threads() == threads
+    torch.testing.assert_close(pooled, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_chunk_raises_and_still_restores_torch_s_threads() -> None:
+    threads = torch.get_num_threads()
+    done: list[int] = []
+
+    def chunk(start: int) -> None:
+        if start == 2:
+            raise RuntimeError("chunk 2 failed")
+        done.append(start)
+
+    with pytest.raises(RuntimeError, match="chunk 2"), SliceWorkers(torch.device("cpu"), 2) as w:
+        w.map(chunk, range(5))
+    assert torch.get_num_threads() == threads
+    assert 0 in done
 
 
 # -- lesion components -----------------------------------------------------------------
