@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +54,7 @@ import torch
 
 from dicomnode.models.api import ModelResult, StudyViews, View, Volume
 from dicomnode.models.ct_lesion import CtLesionSegModel
-from dicomnode.models.ct_lesion_nn import INFERENCE_PATHS, resolve_precision
+from dicomnode.models.ct_lesion_nn import INFERENCE_PATHS, Precision, resolve_precision
 from dicomnode.synth.ct import ct_phantom, write_ct_series
 from dicomnode.volumes import load_volume
 
@@ -132,7 +133,7 @@ def _compare(results: dict[str, ModelResult]) -> dict[str, object]:
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Write the series, then time both paths alternately and compare their masks."""
     torch.set_num_threads(args.threads)
-    model = CtLesionSegModel(args.device, attention=args.attention)
+    model = CtLesionSegModel(args.device, attention=args.attention, precision=args.precision)
     paths = [p for p in PATHS if p in args.paths]
     loads: dict[str, list[float]] = {p: [] for p in paths}
     predicts: dict[str, list[float]] = {p: [] for p in paths}
@@ -209,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--attention", action="store_true", help="the Attention U-Net")
+    parser.add_argument(
+        "--precision",
+        choices=get_args(Precision),
+        default="auto",
+        help="the fast path's convolutions (float32: as on a CPU without bfloat16)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each path")
     parser.add_argument("--baseline-slices", type=int, default=0, help="plain loop (0: off)")
     parser.add_argument("--warmup", action="store_true", help="run each path on another study")
