@@ -16,7 +16,8 @@ Two inference paths compute the same steps:
     convolutions (:func:`~dicomnode.models.unet.fuse_batch_norm`), channels-last,
     under ``torch.inference_mode()`` and, where the device computes it natively,
     autocast to a 16-bit float (:func:`resolve_precision`: bfloat16 on a CPU with
-    AVX512-BF16 or AMX, float16 on CUDA, float32 elsewhere). On a CPU the chunks
+    AVX512-BF16 or AMX, float16 on CUDA, float32 elsewhere) except the first
+    convolution, which reads the image in float32. On a CPU the chunks
     run in a small pool of threads, each with single-threaded torch
     (:class:`SliceWorkers`), so that a machine shared with other processes does not
     leave OpenMP threads spinning at every operation's barrier. Lesion components
@@ -26,12 +27,13 @@ Two inference paths compute the same steps:
     fast one against (``bench/inference.py``, ``tests/unit/test_ct_lesion_fast.py``).
 
 Why these steps: profiled on a 300 x 512 x 512 CT on a 2-core CPU, the reference
-path spent about 80 % of its time in the network's convolutions (folding the batch
-norms removes a pass over every feature map, and bfloat16 halves the memory traffic
-the small-channel convolutions are bound by), the rest in single-threaded numpy
-passes over the whole grid (windows, thresholds, labelling 78 million voxels). On that
-machine while other processes used the cores, torch's two OpenMP threads made the
-forward passes 4 times slower than one thread did, hence :class:`SliceWorkers`.
+path spent about 80 % of its time in the network (folding the batch norms removes a
+pass over every feature map; bfloat16 convolutions, with AMX, took a third of the
+float32 time in a micro-benchmark, and halve the whole path's CPU time), the rest in
+single-threaded numpy passes over the whole grid (windows, thresholds, labelling 78
+million voxels). On that machine while other processes used the cores, torch's two
+OpenMP threads made the forward passes 2 to 4 times slower than one thread did, hence
+:class:`SliceWorkers`.
 """
 
 from __future__ import annotations
@@ -263,11 +265,10 @@ class SliceWorkers:
     torch parallelises each operation over its OpenMP threads, which wait for one
     another at the end of every operation by spinning (libgomp's default). On a CPU
     shared with other processes, a descheduled thread keeps its partner spinning: the
-    same forward passes took 4 times as long with 2 threads as with 1 on a busy 2-core
-    machine, and burned twice the CPU time. Here each thread of a small pool runs
-    whole chunks (batches of slices) with torch single-threaded inside, so no thread
-    ever waits for another until the last chunk: as fast as OpenMP on an idle machine,
-    and no slower than the CPU share a busy one gives.
+    same forward passes took 2 to 4 times as long with 2 threads as with 1 on a busy
+    2-core machine, and burned 2 to 4 times the CPU time. Here each thread of a small
+    pool runs whole chunks (batches of slices) with torch single-threaded inside, so no
+    thread waits for another until the last chunk.
 
     Used as a context manager: on a CPU with ``workers`` > 1 it sets torch's
     (process-wide) thread count to 1 inside and restores it on leaving; on CUDA, or
@@ -311,6 +312,20 @@ class SliceWorkers:
             pass
 
 
+class _Float32(torch.nn.Module):
+    """Run a module in float32 inside an autocast region."""
+
+    def __init__(self, module: torch.nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, enabled=False):
+            out: torch.Tensor = self.module(x.float())
+        return out
+
+
 class NetRunner:
     """The fast path's network: batch norms folded, channels-last, 16-bit where native.
 
@@ -338,6 +353,13 @@ class NetRunner:
         self.batch_size = batch_size or (32 if device.type == "cuda" else 8)
         fused = fuse_batch_norm(net).to(device)
         self.net = fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.dtype != torch.float32:
+            # The convolution that reads the image stays float32: rounding the windowed
+            # values themselves to bfloat16 (8-bit mantissa) caused about half of the
+            # voxels that differed from the reference, at almost no cost to keep.
+            first = self.net.encoders[0]
+            assert isinstance(first, torch.nn.Sequential)
+            first[0] = _Float32(first[0], device.type)
 
     def probabilities(
         self, image: torch.Tensor, offset: int, context: int, workers: SliceWorkers

@@ -109,6 +109,17 @@ def test_precision_auto_is_float16_on_cuda_and_names_are_kept() -> None:
     assert resolve_precision(torch.device("cuda:0"), "bfloat16") == torch.bfloat16
 
 
+def test_the_first_convolution_reads_the_image_in_float32() -> None:
+    net = _trained_looking(build_unet(6, 2, 4, 3, False))
+    encoder = NetRunner(net, torch.device("cpu"), "bfloat16").net.encoders[0]
+    assert isinstance(encoder, torch.nn.Sequential)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert encoder[0](torch.rand(1, 6, 8, 8)).dtype == torch.float32
+        assert encoder[3](torch.rand(1, 4, 8, 8)).dtype == torch.bfloat16  # the next one
+    plain = NetRunner(net, torch.device("cpu"), "float32").net.encoders[0]
+    assert isinstance(plain, torch.nn.Sequential) and isinstance(plain[0], torch.nn.Conv2d)
+
+
 # -- slice workers ---------------------------------------------------------------------
 
 
