@@ -283,11 +283,14 @@ class DicomnodeRunReceiver(DicomnodeReceiver):
 
 
 class DicomnodePolledReceiver(DicomnodeReceiver):
-    """``dicomnode serve`` while a browser-like poller loads its web page the whole time:
-    the overview, the studies list and ``/metrics`` in turn, back to back
-    (``--receivers dicomnode,dicomnode-polled`` shows what serving the page costs)."""
+    """``dicomnode serve`` while a poller loads its web page the whole time: the overview,
+    the studies list and ``/metrics`` in turn, one every :attr:`interval` seconds (0:
+    back to back; ``--poll-interval``). ``--receivers dicomnode,dicomnode-polled`` shows
+    what serving the page costs."""
 
     name = "dicomnode-polled"
+    #: Seconds between page loads (a browser on the overview reloads every 5 s).
+    interval = 1.0
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         argv, env = super().command()
@@ -309,9 +312,14 @@ class DicomnodePolledReceiver(DicomnodeReceiver):
         paths = ("/", "/studies", "/metrics")
         while not self._polling.is_set():
             url = f"http://127.0.0.1:{self.web_port}{paths[self.pages % len(paths)]}"
-            with urllib.request.urlopen(url, timeout=30) as response:
-                response.read()
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    response.read()
+            except OSError:  # the web server binds just after the SCP answers C-ECHO
+                time.sleep(0.05)
+                continue
             self.pages += 1
+            self._polling.wait(self.interval)
 
     def end_load(self) -> None:
         self._polling.set()
@@ -586,6 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=("a", "b", "c", "all"), default="all")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="dicomnode-polled: seconds between page loads (0: back to back)",
+    )
     parser.add_argument("--json", type=Path, help="save runs and summaries as JSON here")
     parser.add_argument("--data-dir", type=Path, default=TMP / "dicomnode-bench-data")
     parser.add_argument("--scratch", type=Path, default=TMP, help="parent of run storage")
@@ -598,10 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     DicomnodeReceiver.node_settings = tuple(args.node_setting)
+    DicomnodePolledReceiver.interval = args.poll_interval
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(RECEIVERS))
+    unknown = sorted(set(names) - set(RECEIVER_CLASSES))
     if unknown or not names:
-        parser.error(f"unknown receivers {unknown}; choose from {', '.join(RECEIVERS)}")
+        parser.error(f"unknown receivers {unknown}; choose from {', '.join(RECEIVER_CLASSES)}")
     for tool in ("storescu", "echoscu", *(["storescp"] if "storescp" in names else [])):
         if shutil.which(tool) is None:
             parser.error(f"{tool} (DCMTK) is not on PATH")
