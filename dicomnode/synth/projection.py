@@ -299,19 +299,30 @@ def build_projection_dataset(header: ImageHeader, stored: npt.NDArray[np.uint16]
     return ds
 
 
-def _add_patient_study_series(ds: Dataset, header: ImageHeader) -> None:
+def add_patient_and_study(
+    ds: Dataset, patient_name: str, patient_id: str, study_uid: str, description: str
+) -> None:
+    """The Patient and General Study modules of a synthetic study (every generator's)."""
     # Patient: birth date is type 2 (present, empty); sex "O" for a phantom.
-    ds.PatientName = "Synthetic^Patient"
-    ds.PatientID = header.patient_id
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
-    ds.StudyInstanceUID = header.study_instance_uid
+    # General Study: referring physician and accession number are type 2.
+    ds.StudyInstanceUID = study_uid
     ds.StudyDate = _DATE
     ds.StudyTime = _TIME
     ds.ReferringPhysicianName = ""
     ds.AccessionNumber = ""
     ds.StudyID = "1"
-    ds.StudyDescription = header.study_description
+    ds.StudyDescription = description
+
+
+def _add_patient_study_series(ds: Dataset, header: ImageHeader) -> None:
+    add_patient_and_study(
+        ds, "Synthetic^Patient", header.patient_id, header.study_instance_uid,
+        header.study_description,
+    )  # fmt: skip
     ds.Modality = header.modality
     ds.SeriesInstanceUID = header.series_instance_uid
     ds.SeriesNumber = header.series_number

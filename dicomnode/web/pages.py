@@ -174,8 +174,9 @@ def study(request: Request, study_uid: str) -> HTMLResponse:
         jobs = list_jobs(session, PAGE_LIMIT, study_uid=study_uid)
         deliveries = list_deliveries(session, PAGE_LIMIT, study_uid=study_uid)
     results = request.app.state.results
+    # Each SR is read once: its table, and whether it draws regions (a preview of its own).
     findings = {o.id: results.findings(o) for o in detail.outputs if o.kind == "sr"}
-    projections = {o.id for o in detail.outputs if o.kind == "sr" and results.has_regions(o)}
+    projections = {i for i, rows in findings.items() if rows and any(r.regions for r in rows)}
     return page(
         request, "study.html", f"Study {study_uid}", "Studies",
         detail=detail, jobs=jobs, deliveries=deliveries,

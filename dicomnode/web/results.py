@@ -54,11 +54,6 @@ class Results:
             )  # fmt: skip
             return None
 
-    def has_regions(self, output: OutputSummary) -> bool:
-        """Whether an SR draws regions on images (MG, CXR): a preview of its own."""
-        rows = self.findings(output)
-        return bool(rows) and any(row.regions for row in rows or [])
-
     def preview_png(self, output_id: int) -> bytes:
         """The PNG preview of a SEG, or of an SR's regions on its images.
 

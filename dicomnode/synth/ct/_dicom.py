@@ -17,6 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from dicomnode import __version__
+from dicomnode.synth.projection import add_patient_and_study
 from dicomnode.uids import derive_uid
 
 __all__ = ["SeriesHeader", "format_ds", "slice_dataset"]
@@ -155,19 +156,7 @@ def _add_ct_image(ds: Dataset, header: SeriesHeader, values: npt.NDArray[np.inte
 
 def _add_patient_and_study(ds: Dataset, header: SeriesHeader) -> None:
     patient_id, patient_name = header.patient
-    # Patient: birth date is type 2, so present and empty; sex "O" (other) is honest.
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    # General Study: referring physician and accession number are type 2.
-    ds.StudyInstanceUID = header.study_uid
-    ds.StudyDate = _DATE
-    ds.StudyTime = _TIME
-    ds.ReferringPhysicianName = ""
-    ds.AccessionNumber = ""
-    ds.StudyID = "1"
-    ds.StudyDescription = header.study_description
+    add_patient_and_study(ds, patient_name, patient_id, header.study_uid, header.study_description)
 
 
 def _add_series_and_equipment(ds: Dataset, header: SeriesHeader) -> None:
