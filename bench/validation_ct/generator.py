@@ -1524,7 +1524,25 @@ def write_study(study: ValidationStudy, folder: Path) -> Path:
         "lesions": [lesion.as_dict() for lesion in study.lesions],
     }
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    _write_truth_seg(study, out / "truth.seg")
     return out
+
+
+def _write_truth_seg(study: ValidationStudy, path: Path) -> None:
+    """The lesion truth as a DICOM SEG (one segment, `lesion`), for `dicomnode evaluate`.
+
+    Named without `.dcm` so that `storescu +sp '*.dcm'` does not send it to the node.
+    """
+    from dicomnode.models import codes
+    from dicomnode.models.api import SegmentLabel
+    from dicomnode.synth.truth import build_truth_segmentation
+
+    label = SegmentLabel(1, "lesion", codes.MORPHOLOGICALLY_ABNORMAL, codes.LESION)
+    seg = build_truth_segmentation(
+        study.datasets, (study.lesion_labels > 0)[None], [label],
+        series_description="Validation truth",
+    )  # fmt: skip
+    seg.save_as(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,7 +79,17 @@ _DATA = click.option(
 
 @click.command(cls=NodeCommand)
 @click.argument("model_name", metavar="MODEL")
-@_DATA
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    help="Folder of DICOM images and DICOM SEG labels.",
+)
+@click.option(
+    "--generator",
+    metavar="NAME",
+    help="Train on studies a generator makes in memory instead of --data (models that have "
+    "one: ct-lesion-seg --generator anatomical); validation and test studies come from it too.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -92,14 +102,26 @@ _DATA = click.option(
               help="Cap the model's epoch limit (default: the model's own).")  # fmt: skip
 @click.pass_context
 def train(
-    ctx: click.Context, model_name: str, data: Path, out: Path, seed: int, max_epochs: int | None
+    ctx: click.Context,
+    model_name: str,
+    data: Path | None,
+    generator: str | None,
+    out: Path,
+    seed: int,
+    max_epochs: int | None,
 ) -> None:
-    """Train MODEL from scratch on DICOM + SEG data; write weights and a model card."""
+    """Train MODEL from scratch on DICOM + SEG data (or a generator's); write weights and a card."""
     from dicomnode.models.training import split_by_patient
 
+    if (data is None) == (generator is None):
+        raise click.UsageError("give either --data or --generator")
     settings = settings_of(ctx)
     start_logging(ctx, settings)
     model = _trainable(model_name, settings)
+    if generator is not None:
+        _train_generated(model, generator, out, seed, max_epochs)
+        return
+    assert data is not None
     split = split_by_patient(_labelled(data, model), seed=seed)
     click.echo(f"split by patient: {split.counts()}")
     cap = {} if max_epochs is None else {"max_epochs": max_epochs}
@@ -110,8 +132,35 @@ def train(
     click.echo(f"weights, metrics and model card written to {out}/")
 
 
+def _train_generated(
+    model: Any, generator: str, out: Path, seed: int, max_epochs: int | None
+) -> None:
+    _check_generator(model, generator)
+    record, test = model.fit_generated(
+        generator, seed=seed, progress=click.echo, max_epochs=max_epochs
+    )
+    click.echo(f"evaluating {len(test)} held-out test studies")
+    metrics = model.evaluate(test)
+    counts = {
+        "train": record["train_studies"],
+        "validation": record["validation_studies"],
+        "test": record["test_studies"],
+    }
+    source = f"Studies made in memory by the `{generator}` generator (one patient each)."
+    _write_trained(out, model, source, counts, seed, record, metrics)
+    _print_metrics(metrics, "test studies")
+    click.echo(f"weights, metrics and model card written to {out}/")
+
+
+def _check_generator(model: Any, generator: str) -> None:
+    known = getattr(model, "generators", ())
+    if generator not in known:
+        offer = f"; it has: {', '.join(known)}" if known else ""
+        raise click.ClickException(f"model {model.name!r} has no generator {generator!r}{offer}")
+
+
 def _write_trained(
-    out: Path, model: Any, data: Path, split: Any, seed: int, record: Any, metrics: Any
+    out: Path, model: Any, data: Path | str, split: Any, seed: int, record: Any, metrics: Any
 ) -> None:
     """Write the weights, the metrics (JSON) and the model card of a trained model."""
     import datetime
@@ -121,13 +170,15 @@ def _write_trained(
 
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / f"{model.name}.pt")
+    counts = split if isinstance(split, dict) else split.counts()
     today = datetime.date.today().isoformat()
     (out / f"{model.name}.json").write_text(json.dumps(
         {"model": model.name, "version": model.version, "date": today, "seed": seed,
-         "split": split.counts(), "training": record, "test_metrics": metrics},
+         "split": counts, "training": record, "test_metrics": metrics},
         indent=2, default=str) + "\n")  # fmt: skip
     (out / f"{model.name}.md").write_text(model_card(
-        model, description=model.description, data=f"DICOM images and SEG labels from `{data}`.",
+        model, description=model.description,
+        data=data if isinstance(data, str) else f"DICOM images and SEG labels from `{data}`.",
         split=split, seed=seed, record=record, metrics=metrics, date=today))  # fmt: skip
 
 
@@ -140,7 +191,17 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 
 @click.command(cls=NodeCommand)
 @click.argument("model_name", metavar="MODEL")
-@_DATA
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    help="Folder of DICOM images and DICOM SEG labels.",
+)
+@click.option(
+    "--generator",
+    metavar="NAME",
+    help="Evaluate on the held-out test studies `train --generator NAME --seed SEED` "
+    "made, instead of --data.",
+)
 @click.option(
     "--all",
     "every",
@@ -149,13 +210,29 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split.")
 @click.pass_context
-def evaluate(ctx: click.Context, model_name: str, data: Path, every: bool, seed: int) -> None:
+def evaluate(
+    ctx: click.Context,
+    model_name: str,
+    data: Path | None,
+    generator: str | None,
+    every: bool,
+    seed: int,
+) -> None:
     """Print MODEL's metrics on the test split of DATA (or on all of it)."""
     from dicomnode.models.training import split_by_patient
 
+    if (data is None) == (generator is None):
+        raise click.UsageError("give either --data or --generator")
     settings = settings_of(ctx)
     start_logging(ctx, settings)
     model = _trainable(model_name, settings)
+    if generator is not None:
+        _check_generator(model, generator)
+        click.echo(f"generating the {generator} generator's test studies of seed {seed}")
+        chosen = model.generated_studies(generator, seed, "test")
+        _print_metrics(model.evaluate(chosen), f"{len(chosen)} {generator} studies")
+        return
+    assert data is not None
     studies = _labelled(data, model)
     chosen = studies if every else list(split_by_patient(studies, seed=seed).test)
     _print_metrics(model.evaluate(chosen), f"{len(chosen)} studies")

@@ -59,11 +59,13 @@ evaluation in :mod:`dicomnode.models.ct_lesion_training`; this module is the mod
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,9 +95,13 @@ from dicomnode.models.ct_lesion_nn import (
     segment_fast,
 )
 from dicomnode.models.ct_lesion_training import (
+    GeneratedPool,
     Trainer,
     TrainingConfig,
+    VolumeSource,
+    calibrate,
     evaluate_studies,
+    generated_study,
     ordered,
     prepare,
 )
@@ -149,6 +155,8 @@ class CtLesionSegModel:
         SegmentLabel(LESION_SEGMENT, "lesion", codes.MORPHOLOGICALLY_ABNORMAL, codes.LESION),
     )
     classes: tuple[ClassLabel, ...] = ()
+    #: Generators :meth:`fit_generated` (``dicomnode train --generator``) can train on.
+    generators: tuple[str, ...] = ("anatomical",)
 
     def __init__(
         self,
@@ -196,10 +204,14 @@ class CtLesionSegModel:
         if view is None:
             raise NotApplicable("ct-lesion-seg needs an axial CT series (view 'ct')")
         attention = _bool_option(study.options, "attention", self.attention)
-        threshold = _float_option(study.options, "lesion_threshold", 0.5, 0.0, 1.0)
-        min_volume = _float_option(study.options, "min_lesion_mm3", 30.0, 0.0, float("inf"))
         path = _path_option(study.options, self.inference)
         config, net = self._network(attention)
+        threshold = _float_option(
+            study.options, "lesion_threshold", config.lesion_threshold, 0.0, 1.0
+        )
+        min_volume = _float_option(
+            study.options, "min_lesion_mm3", config.min_lesion_mm3, 0.0, float("inf")
+        )
         volume = view.volume
         if path == "fast":
             seg = segment_fast(volume, self._runner(attention), config, threshold)
@@ -301,6 +313,87 @@ class CtLesionSegModel:
             "history": history,
         }
 
+    def fit_generated(
+        self,
+        generator: str,
+        *,
+        seed: int,
+        progress: Progress,
+        max_epochs: int | None = None,
+    ) -> tuple[dict[str, object], tuple[LabelledStudy, ...]]:
+        """Train from scratch on a generator's studies, made in memory; calibrate; keep the best.
+
+        The network gets the host output (``NetConfig.host_channel``). Training draws
+        patches from a pool of :data:`GENERATED_POOL` studies of which
+        :data:`GENERATED_FRESH` are replaced before every epoch; validation and test
+        are :data:`GENERATED_VALIDATION` and :data:`GENERATED_TEST` studies of seeds
+        no training study has (see :func:`generated_seeds`). After training the lesion
+        threshold and smallest lesion are calibrated on the validation studies and
+        saved with the weights.
+
+        Returns
+        -------
+        tuple
+            The training record, and the test studies (for :meth:`evaluate`).
+        """
+        source = generator_source(generator, training=True)
+        started = time.monotonic()
+        cfg = replace(
+            GENERATED_TRAINING, **({} if max_epochs is None else {"max_epochs": max_epochs})
+        )
+        self.training = cfg
+        config = replace(self.config, host_channel=True)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        seeds = generated_seeds(seed)
+        progress(f"generating {GENERATED_VALIDATION} validation and {GENERATED_TEST} test studies")
+        validation = self.generated_studies(generator, seed, "validation")
+        test = tuple(self.generated_studies(generator, seed, "test"))
+        val_data = [prepare(s, config) for s in validation]
+        progress(f"generating the first {GENERATED_POOL} training studies")
+        pool = GeneratedPool(source, config, seeds["train"], GENERATED_POOL, GENERATED_FRESH)
+        net = new_network(config).to(self.device)
+        trainer = Trainer(config, cfg, self.device, self.batch_size)
+        best_epoch, best, history = trainer.run_epochs(
+            net, pool.studies, val_data, rng, progress, refresh=pool
+        )
+        calibration = calibrate(net.eval(), val_data, config, self.device, self.batch_size)
+        config = replace(
+            config,
+            lesion_threshold=calibration.lesion_threshold,
+            min_lesion_mm3=calibration.min_lesion_mm3,
+        )
+        progress(
+            f"calibrated on the validation studies: lesion threshold "
+            f"{config.lesion_threshold}, smallest lesion {config.min_lesion_mm3:g} mm3"
+        )
+        self.config = config
+        self._networks[self.attention] = (config, net.eval())
+        self._runners.pop(self.attention, None)
+        record = {
+            "seed": seed,
+            "generator": generator,
+            "epochs": len(history),
+            "best_epoch": best_epoch,
+            "validation": best,
+            "train_studies": pool.seeds_used,
+            "validation_studies": len(validation),
+            "test_studies": len(test),
+            "seconds": round(time.monotonic() - started, 1),
+            "config": config.to_dict(),
+            "training": asdict(cfg),
+            "calibration": list(calibration.table),
+            "history": history,
+        }
+        return record, test
+
+    def generated_studies(self, generator: str, seed: int, part: str) -> list[LabelledStudy]:
+        """The ``validation`` or ``test`` studies of :meth:`fit_generated` with this seed."""
+        if part not in ("validation", "test"):
+            raise ValueError(f"part must be validation or test, got {part!r}")
+        source = generator_source(generator, training=False)
+        return [generated_study(source, s) for s in generated_seeds(seed)[part]]
+
     def evaluate(self, studies: Sequence[LabelledStudy]) -> dict[str, float]:
         """Metrics of the current weights on the source grid of these studies.
 
@@ -324,6 +417,51 @@ class CtLesionSegModel:
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+# -- generated training data ---------------------------------------------------
+
+#: Training studies held at once, and replaced before each epoch.
+GENERATED_POOL = 48
+GENERATED_FRESH = 8
+#: Held-out studies for validation (early stop, calibration) and test.
+GENERATED_VALIDATION = 8
+GENERATED_TEST = 12
+#: Training settings on generated data: longer epochs (a fresh pool each), hard negatives.
+GENERATED_TRAINING = TrainingConfig(
+    max_epochs=20,
+    patience=8,
+    steps_per_epoch=150,
+    lesion_fraction=0.5,
+    host_fraction=0.25,
+)
+
+
+def generated_seeds(seed: int) -> dict[str, Any]:
+    """Seeds of each part for a training seed: training from ``seed * 10^6``, then
+    validation and test from ``seed * 10^6 + 900000`` and ``+ 950000`` (disjoint while
+    training uses fewer than 900,000 studies)."""
+    base = seed * 1_000_000
+    return {
+        "train": base,
+        "validation": range(base + 900_000, base + 900_000 + GENERATED_VALIDATION),
+        "test": range(base + 950_000, base + 950_000 + GENERATED_TEST),
+    }
+
+
+def generator_source(name: str, *, training: bool) -> VolumeSource:
+    """The :data:`VolumeSource` of a named generator.
+
+    Training studies have 80 slices (the network sees patches); held-out ones the
+    generator's full 120 x 256 x 256.
+    """
+    if name not in CtLesionSegModel.generators:
+        known = ", ".join(CtLesionSegModel.generators)
+        raise ValueError(f"unknown generator {name!r}; known: {known}")
+    from dicomnode.synth.ct.anatomical import AnatomicalCtOptions, anatomical_training_sample
+
+    options = AnatomicalCtOptions(slices=80) if training else AnatomicalCtOptions()
+    return functools.partial(anatomical_training_sample, options=options)
 
 
 def _bool_option(options: Mapping[str, object], key: str, default: bool) -> bool:

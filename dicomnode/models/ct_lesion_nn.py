@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +105,14 @@ class NetConfig:
         (centre, width) of each intensity window, HU.
     body_threshold, crop_margin_mm
         Threshold (HU) and margin (mm) of the body crop.
+    host_channel
+        A third output, the tissue lesions can grow in (the solid organs and the lungs,
+        with their lesions and cysts); lesion voxels outside it are dropped. Off in
+        weights trained before it existed.
+    lesion_threshold, min_lesion_mm3
+        Defaults of the options of the same names: the lesion probability threshold
+        and the smallest lesion component kept (calibrated on the validation split by
+        ``dicomnode train``, saved with the weights).
     """
 
     base_channels: int = 16
@@ -117,11 +125,19 @@ class NetConfig:
     windows: tuple[tuple[float, float], ...] = ((40.0, 400.0), (-400.0, 1600.0))
     body_threshold: float = -500.0
     crop_margin_mm: float = 10.0
+    host_channel: bool = False
+    lesion_threshold: float = 0.5
+    min_lesion_mm3: float = 30.0
 
     @property
     def in_channels(self) -> int:
         """Input channels: slices in the context times windows."""
         return (2 * self.context_slices + 1) * len(self.windows)
+
+    @property
+    def out_channels(self) -> int:
+        """Outputs: body and lesion, and the lesion-host tissue with ``host_channel``."""
+        return 3 if self.host_channel else 2
 
     def to_dict(self) -> dict[str, object]:
         """Plain values for the weights file (``torch.load(weights_only=True)`` reads them)."""
@@ -151,7 +167,12 @@ class Segmentation:
 def new_network(config: NetConfig) -> UNet:
     """The untrained U-Net (or Attention U-Net) that ``config`` describes."""
     return build_unet(
-        config.in_channels, 2, config.base_channels, config.depth, config.attention, config.norm
+        config.in_channels,
+        config.out_channels,
+        config.base_channels,
+        config.depth,
+        config.attention,
+        config.norm,
     )
 
 
@@ -196,9 +217,9 @@ def infer(
     device: torch.device,
     batch_size: int,
 ) -> npt.NDArray[np.float32]:
-    """Body and lesion probabilities (slices, 2, rows, columns) on the working grid."""
+    """Body, lesion (and host) probabilities (slices, outputs, rows, columns), working grid."""
     net.eval()
-    out = np.empty((image.shape[0], 2, *image.shape[2:]), dtype=np.float32)
+    out = np.empty((image.shape[0], config.out_channels, *image.shape[2:]), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, image.shape[0], batch_size):
             indices = np.arange(start, min(start + batch_size, image.shape[0]))
@@ -227,7 +248,7 @@ def segment(
         stop = start + batch_size
         back = preprocess.resample_slices(probability[start:stop], box.shape)
         box.crop(body[start:stop])[...] = back[:, 0] >= 0.5
-        box.crop(lesion[start:stop])[...] = (back[:, 1] >= threshold) & (back[:, 0] >= 0.5)
+        box.crop(lesion[start:stop])[...] = (back[:, 1] >= threshold) & _lesion_allowed(back)
         lesion_probability[start:stop] = np.rint(back[:, 1] * 255.0).astype(np.uint8)
     return Segmentation(body, lesion, lesion_probability, box)
 
@@ -365,14 +386,17 @@ class NetRunner:
     def probabilities(
         self, image: torch.Tensor, offset: int, context: int, workers: SliceWorkers
     ) -> torch.Tensor:
-        """Body and lesion probabilities (slices, 2, rows, columns), float32, on the device.
+        """Body, lesion (and host) probabilities (slices, outputs, rows, columns), float32.
 
         ``image`` is the working image (slices, windows, rows, columns) on the device;
         each slice gets its neighbours +-``offset`` (clamped), ``context`` on each side,
         as channels, in the order of :func:`stack_context`. Batches run on ``workers``.
         """
         slices = image.shape[0]
-        out = torch.empty((slices, 2, *image.shape[2:]), dtype=torch.float32, device=self.device)
+        outputs = self.net.head.out_channels
+        out = torch.empty(
+            (slices, outputs, *image.shape[2:]), dtype=torch.float32, device=self.device
+        )
         steps = torch.arange(-context, context + 1, device=self.device) * offset
 
         def run_batch(start: int) -> None:
@@ -455,7 +479,7 @@ def _on_source_grid(
         with torch.inference_mode():
             back = preprocess.resize_slices(probability[start:stop], box.shape)
             inside = back[:, 0] >= 0.5
-            found = (back[:, 1] >= threshold) & inside
+            found = (back[:, 1] >= threshold) & _lesion_allowed(back)
             scaled = torch.round(back[:, 1] * 255.0).to(torch.uint8)
             # copy_ into tensors sharing the numpy arrays' memory (from CUDA, if there).
             torch.from_numpy(box.crop(body[start:stop])).copy_(inside)
@@ -464,6 +488,20 @@ def _on_source_grid(
 
     workers.map(finish_chunk, range(0, shape[0], _CHUNK))
     return Segmentation(body, lesion, lesion_probability, box)
+
+
+@overload
+def _lesion_allowed(back: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]: ...
+@overload
+def _lesion_allowed(back: torch.Tensor) -> torch.Tensor: ...
+def _lesion_allowed(
+    back: npt.NDArray[np.float32] | torch.Tensor,
+) -> npt.NDArray[np.bool_] | torch.Tensor:
+    """Where a lesion may be: inside the body, and inside the host tissue when there is one."""
+    allowed = back[:, 0] >= 0.5
+    if back.shape[1] > 2:
+        allowed = allowed & (back[:, 2] >= 0.5)
+    return allowed
 
 
 # -- findings and measurements ------------------------------------------------

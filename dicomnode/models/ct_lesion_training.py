@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dicomnode.models import codes, preprocess
-from dicomnode.models.api import Code, ModelResult, StudyViews, Volume
+from dicomnode.models.api import Code, ModelResult, StudyViews, View, Volume
 from dicomnode.models.ct_lesion_nn import (
     VIEW,
     NetConfig,
@@ -39,15 +39,25 @@ from dicomnode.models.ct_lesion_nn import (
     stack_context,
     working_image,
 )
-from dicomnode.models.training import LabelledStudy, Progress
+from dicomnode.models.training import LabelledStudy, Progress, TruthSegment, patient_key
 from dicomnode.models.unet import UNet
 
 __all__ = [
+    "CALIBRATION_MAX_FP",
+    "CALIBRATION_MIN_MM3",
+    "CALIBRATION_THRESHOLDS",
+    "FROC_RATES",
+    "SIZE_BINS",
+    "Calibration",
+    "GeneratedPool",
     "Prepared",
     "Trainer",
     "TrainingConfig",
     "VolumeSource",
+    "calibrate",
     "evaluate_studies",
+    "froc",
+    "generated_study",
     "ordered",
     "prepare",
     "prepare_generated",
@@ -55,9 +65,15 @@ __all__ = [
 ]
 
 #: A source of generated training volumes: seed -> (volume, lesion mask, body mask or
-#: None), the masks boolean on the volume's grid (e.g.
-#: :func:`dicomnode.synth.ct.anatomical.anatomical_training_sample`).
-VolumeSource = Callable[[int], tuple[Volume, npt.NDArray[np.bool_], npt.NDArray[np.bool_] | None]]
+#: None, host mask or None), the masks boolean on the volume's grid (e.g.
+#: :func:`dicomnode.synth.ct.anatomical.anatomical_training_sample`). The host mask is
+#: the tissue lesions can grow in (see ``NetConfig.host_channel``).
+VolumeSource = Callable[
+    [int],
+    tuple[
+        Volume, npt.NDArray[np.bool_], npt.NDArray[np.bool_] | None, npt.NDArray[np.bool_] | None
+    ],
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +90,9 @@ class TrainingConfig:
         AdamW settings; the rate follows a cosine over ``max_epochs``.
     lesion_fraction
         Share of patches centred near a lesion voxel (the rest anywhere).
+    host_fraction
+        Share of patches centred on host tissue (organs and lungs) of a study that has
+        a host mask: the hard negatives, organ tissue that is not lesion.
     norm_batches
         Batches that re-estimate the batch-norm statistics before each validation.
     """
@@ -86,6 +105,7 @@ class TrainingConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     lesion_fraction: float = 0.6
+    host_fraction: float = 0.0
     norm_batches: int = 8
 
 
@@ -98,6 +118,9 @@ class Prepared:
     lesion: npt.NDArray[np.bool_] | None = None
     body: npt.NDArray[np.bool_] | None = None
     lesion_voxels: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros((0, 3), np.intp))
+    host: npt.NDArray[np.bool_] | None = None
+    host_voxels: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros((0, 3), np.intp))
+    voxel_mm3: float = 0.0  # of the working grid
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +196,10 @@ class Trainer:
         net.train()
         total = 0.0
         for _ in range(self.training.steps_per_epoch):
-            x, y, body_weight = _sample_batch(data, self.config, self.training, rng)
+            x, y, weights = _sample_batch(data, self.config, self.training, rng)
             x_t = torch.from_numpy(x).to(self.device)
             y_t = torch.from_numpy(y).to(self.device)
-            w_t = torch.from_numpy(body_weight).to(self.device)
+            w_t = torch.from_numpy(weights).to(self.device)
             loss = _loss(net(x_t), y_t, w_t)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -206,6 +229,12 @@ class Trainer:
             norm.momentum = 0.1
 
 
+#: Lesion sizes (longest axial diameter, mm) of the per-size sensitivities.
+SIZE_BINS = ((0.0, 10.0), (10.0, 20.0), (20.0, float("inf")))
+#: False positives per study at which the FROC curve is read.
+FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 def evaluate_studies(
     predict: Callable[[StudyViews], ModelResult], studies: Sequence[LabelledStudy]
 ) -> dict[str, float]:
@@ -218,10 +247,18 @@ def evaluate_studies(
         lesion and none predicted scores 1), ``lesion_sensitivity_10mm`` (truth
         lesions with a longest axial diameter of 10 mm or more that a predicted
         component overlaps, over all of them), ``lesions_10mm`` (that count),
-        ``false_positives_per_study`` (predicted components touching no truth
-        lesion) and ``studies``.
+        ``sensitivity_<a>_<b>mm`` and ``lesions_<a>_<b>mm`` for the bins of
+        :data:`SIZE_BINS`, ``false_positives_per_study`` (predicted components touching
+        no truth lesion), ``froc_<r>`` (sensitivity over all lesions when only the
+        findings of at least some probability are kept, the most kept with at most
+        ``r`` false positives per study, for ``r`` in :data:`FROC_RATES`),
+        ``lesion_free_studies`` and ``lesion_free_clean`` (the share of them with no
+        finding), and ``studies``.
     """
-    counts = {"found": 0, "lesions": 0, "false": 0}
+    found_10 = lesions_10 = false = 0
+    by_size = [[0, 0] for _ in SIZE_BINS]  # found, lesions
+    scored: list[tuple[float, int]] = []  # (probability, truth lesion id or -1)
+    lesion_total = lesion_free = lesion_free_clean = 0
     lesion_dice: list[float] = []
     body_dice: list[float] = []
     for labelled in studies:
@@ -233,17 +270,66 @@ def evaluate_studies(
         lesion_dice.append(_dice(lesion, true_lesion))
         if any(codes.same_code(s.type, codes.BODY) for s in labelled.segments):
             body_dice.append(_dice(body, true_body))
-        for key, value in _lesion_counts(lesion, true_lesion, spacing).items():
-            counts[key] += value
+        counts = _lesion_counts(lesion, true_lesion, spacing, result, lesion_total)
+        found_10 += counts.found_10
+        lesions_10 += counts.lesions_10
+        false += counts.false
+        for i, (found, total) in enumerate(counts.by_size):
+            by_size[i][0] += found
+            by_size[i][1] += total
+        scored += counts.scored
+        lesion_total += counts.lesions
+        if counts.lesions == 0:
+            lesion_free += 1
+            lesion_free_clean += int(not result.findings)
     n = max(1, len(lesion_dice))
-    return {
+    metrics = {
         "lesion_dice": float(np.mean(lesion_dice)) if lesion_dice else 0.0,
-        "lesion_sensitivity_10mm": counts["found"] / max(1, counts["lesions"]),
-        "lesions_10mm": float(counts["lesions"]),
-        "false_positives_per_study": counts["false"] / n,
+        "lesion_sensitivity_10mm": found_10 / max(1, lesions_10),
+        "lesions_10mm": float(lesions_10),
+        "false_positives_per_study": false / n,
         "body_dice": float(np.mean(body_dice)) if body_dice else float("nan"),
         "studies": float(len(lesion_dice)),
+        "lesion_free_studies": float(lesion_free),
+        "lesion_free_clean": lesion_free_clean / lesion_free if lesion_free else float("nan"),
     }
+    for (low, high), (found, total) in zip(SIZE_BINS, by_size, strict=True):
+        name = f"{low:g}_{high:g}mm" if high != float("inf") else f"{low:g}mm_up"
+        metrics[f"sensitivity_{name}"] = found / total if total else float("nan")
+        metrics[f"lesions_{name}"] = float(total)
+    metrics |= froc(scored, lesion_total, n)
+    return metrics
+
+
+def froc(scored: Sequence[tuple[float, int]], lesions: int, studies: int) -> dict[str, float]:
+    """FROC points: ``froc_<r>`` for each rate of :data:`FROC_RATES`.
+
+    ``scored`` holds one (probability, truth lesion id or -1 for a false positive) per
+    predicted component; keeping the components of probability >= p, a lesion is
+    found when one of its components is kept. The point at rate r is the best
+    sensitivity of any p that keeps at most r false positives per study.
+    """
+    points = {f"froc_{rate:g}": 0.0 for rate in FROC_RATES}
+    if not lesions:
+        return {key: float("nan") for key in points}
+    found: set[int] = set()
+    false = 0
+    ordered_scores = sorted(scored, key=lambda item: -item[0])
+    for index, (probability, lesion) in enumerate(ordered_scores):
+        if lesion < 0:
+            false += 1
+        else:
+            found.add(lesion)
+        last_of_tie = (
+            index + 1 == len(ordered_scores) or ordered_scores[index + 1][0] != probability
+        )
+        if not last_of_tie:
+            continue
+        for rate in FROC_RATES:
+            if false <= rate * studies:
+                key = f"froc_{rate:g}"
+                points[key] = max(points[key], len(found) / lesions)
+    return points
 
 
 def ordered(studies: Sequence[LabelledStudy]) -> list[LabelledStudy]:
@@ -278,25 +364,99 @@ def prepare_volume(
     lesion: npt.NDArray[np.bool_],
     body: npt.NDArray[np.bool_] | None,
     config: NetConfig,
+    host: npt.NDArray[np.bool_] | None = None,
 ) -> Prepared:
     """Bring a volume and its truth masks (on the volume's grid) onto the working grid."""
-    if lesion.shape != volume.shape or (body is not None and body.shape != volume.shape):
+    if any(m is not None and m.shape != volume.shape for m in (lesion, body, host)):
         raise ValueError(f"truth masks must have the volume's shape {volume.shape}")
     image, box = working_image(volume, config)
     shape = (image.shape[2], image.shape[3])
     prepared = Prepared(image.astype(np.float16), context_offset(volume, config))
+    prepared.voxel_mm3 = (
+        volume.spacing[0]
+        * float(np.prod(box.shape))
+        * float(volume.spacing[1] * volume.spacing[2])
+        / float(np.prod(shape))
+    )
     prepared.lesion = preprocess.resample_mask(box.crop(lesion), shape)
     prepared.lesion_voxels = np.argwhere(prepared.lesion)
     if body is not None:
         prepared.body = preprocess.resample_mask(box.crop(body), shape)
+    if host is not None:
+        prepared.host = preprocess.resample_mask(box.crop(host), shape)
+        where = np.argwhere(prepared.host)
+        # A sample is enough to draw patch centres from (a whole liver is ~10^6 voxels).
+        keep = np.random.default_rng(len(where)).permutation(len(where))[:_HOST_SAMPLE]
+        prepared.host_voxels = where[np.sort(keep)]
     return prepared
+
+
+#: Host voxels kept per study to centre hard-negative patches on.
+_HOST_SAMPLE = 20_000
 
 
 def prepare_generated(
     source: VolumeSource, seeds: Iterable[int], config: NetConfig
 ) -> list[Prepared]:
     """Generate a volume per seed and bring each onto the working grid."""
-    return [prepare_volume(*source(seed), config) for seed in seeds]
+    prepared = []
+    for seed in seeds:
+        volume, lesion, body, host = source(seed)
+        prepared.append(prepare_volume(volume, lesion, body, config, host))
+    return prepared
+
+
+def generated_study(source: VolumeSource, seed: int) -> LabelledStudy:
+    """One generated study as a labelled study (in memory, no DICOM), for validation or test."""
+    volume, lesion, body, _ = source(seed)
+    study = StudyViews(f"generated-{seed}", {VIEW: View(VIEW, volume, modality="CT")})
+    segments = [TruthSegment(VIEW, codes.LESION, "lesion", lesion)]
+    if body is not None:
+        segments.insert(0, TruthSegment(VIEW, codes.BODY, "body", body))
+    return LabelledStudy(patient_key(f"generated-{seed}"), study, tuple(segments))
+
+
+class GeneratedPool:
+    """Training studies for :meth:`Trainer.run_epochs` from a generator, a pool refreshed per epoch.
+
+    The first epoch trains on ``size`` studies; before each later epoch the ``fresh``
+    oldest are replaced by newly generated ones, so no study stays long and the
+    generator's variety is seen without holding it all. Seeds are ``first_seed``,
+    ``first_seed + 1``, ... in order; ``seeds_used`` says how many were drawn.
+    """
+
+    def __init__(
+        self,
+        source: VolumeSource,
+        config: NetConfig,
+        first_seed: int,
+        size: int,
+        fresh: int,
+        progress: Progress | None = None,
+    ) -> None:
+        if size < 1 or not 0 <= fresh <= size:
+            raise ValueError(f"pool size must be >= 1 and 0 <= fresh <= size, got {size}, {fresh}")
+        self.source, self.config, self.fresh = source, config, fresh
+        self.next_seed = first_seed
+        self.first_seed = first_seed
+        self.progress = progress
+        self.studies: list[Prepared] = self._generate(size)
+
+    @property
+    def seeds_used(self) -> int:
+        """How many studies were generated so far."""
+        return self.next_seed - self.first_seed
+
+    def _generate(self, count: int) -> list[Prepared]:
+        seeds = range(self.next_seed, self.next_seed + count)
+        self.next_seed += count
+        return prepare_generated(self.source, seeds, self.config)
+
+    def __call__(self, epoch: int) -> list[Prepared]:
+        """The training studies of ``epoch`` (after the first)."""
+        if self.fresh:
+            self.studies = self.studies[self.fresh :] + self._generate(self.fresh)
+        return self.studies
 
 
 def _sample_batch(
@@ -305,17 +465,26 @@ def _sample_batch(
     training: TrainingConfig,
     rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Patches (inputs, body + lesion targets, body loss weight), lesions oversampled."""
+    """Patches (inputs, targets, loss weight of each channel but the lesion one).
+
+    Lesions are oversampled (``lesion_fraction``) and, with ``host_fraction``, so is
+    the tissue they grow in. Targets are body, lesion and (``host_channel``) host.
+    """
     size = training.patch_size
     xs, ys, weights = [], [], []
     with_lesions = [i for i, d in enumerate(data) if len(d.lesion_voxels)]
+    with_host = [i for i, d in enumerate(data) if len(d.host_voxels)]
     for _ in range(training.batch_size):
-        if with_lesions and rng.random() < training.lesion_fraction:
+        draw = rng.random() if with_lesions or with_host else 1.0
+        if with_lesions and draw < training.lesion_fraction:
             study = data[with_lesions[int(rng.integers(len(with_lesions)))]]
             k, r, c = study.lesion_voxels[int(rng.integers(len(study.lesion_voxels)))]
             # Jitter so the lesion is anywhere in the patch, not always at its centre.
             r += int(rng.integers(-size // 3, size // 3 + 1))
             c += int(rng.integers(-size // 3, size // 3 + 1))
+        elif with_host and draw < training.lesion_fraction + training.host_fraction:
+            study = data[with_host[int(rng.integers(len(with_host)))]]
+            k, r, c = study.host_voxels[int(rng.integers(len(study.host_voxels)))]
         else:
             study = data[int(rng.integers(len(data)))]
             k = int(rng.integers(study.image.shape[0]))
@@ -326,7 +495,7 @@ def _sample_batch(
             x, y = x[..., ::-1], y[..., ::-1]
         xs.append(x)
         ys.append(y)
-        weights.append(1.0 if study.body is not None else 0.0)
+        weights.append([float(study.body is not None), float(study.host is not None)])
     return (
         np.ascontiguousarray(np.stack(xs)),
         np.ascontiguousarray(np.stack(ys)),
@@ -344,19 +513,26 @@ def _patch(
     window = (slice(r0, r0 + size), slice(c0, c0 + size))
     x = stack_context(study.image, np.array([k]), study.offset, config.context_slices)[0]
     x = x[(slice(None), *window)]
-    y = np.zeros((2, *x.shape[1:]), dtype=np.float32)
+    y = np.zeros((config.out_channels, *x.shape[1:]), dtype=np.float32)
     if study.body is not None:
         y[0] = study.body[k][window]
     assert study.lesion is not None
     y[1] = study.lesion[k][window]
+    if config.host_channel and study.host is not None:
+        y[2] = study.host[k][window]
     pad = ((0, 0), (0, size - x.shape[1]), (0, size - x.shape[2]))
     return np.pad(x, pad, mode="edge"), np.pad(y, pad, mode="edge")
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, body_weight: torch.Tensor) -> torch.Tensor:
-    """BCE on both channels (body only where labelled) plus soft Dice on the lesion channel."""
+def _loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """BCE on every channel (body and host only where labelled) plus soft Dice on lesions.
+
+    ``weights`` (batch, 2): whether each patch's body and host are labelled.
+    """
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
-    weighted = (bce[:, 0] * body_weight).sum() / body_weight.sum().clamp(min=1.0)
+    weighted = (bce[:, 0] * weights[:, 0]).sum() / weights[:, 0].sum().clamp(min=1.0)
+    if logits.shape[1] > 2:
+        weighted = weighted + (bce[:, 2] * weights[:, 1]).sum() / weights[:, 1].sum().clamp(min=1.0)
     lesion_p = torch.sigmoid(logits[:, 1])
     overlap = (lesion_p * target[:, 1]).sum()
     dice = 1.0 - (2.0 * overlap + 1.0) / (lesion_p.sum() + target[:, 1].sum() + 1.0)
@@ -376,7 +552,8 @@ def _validate(
         probability = infer(net, study.image, study.offset, config, device, batch_size)
         assert study.lesion is not None
         body = probability[:, 0] >= 0.5
-        lesion_dice.append(_dice((probability[:, 1] >= 0.5) & body, study.lesion))
+        allowed = body & (probability[:, 2] >= 0.5) if config.host_channel else body
+        lesion_dice.append(_dice((probability[:, 1] >= 0.5) & allowed, study.lesion))
         if study.body is not None:
             body_dice.append(_dice(body, study.body))
     return {
@@ -385,29 +562,140 @@ def _validate(
     }
 
 
+#: Thresholds and smallest lesion volumes (mm3) :func:`calibrate` chooses from.
+CALIBRATION_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30-0.95
+CALIBRATION_MIN_MM3 = (30.0, 65.0, 125.0, 250.0)
+#: The false positives per study a calibration may allow.
+CALIBRATION_MAX_FP = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What :func:`calibrate` chose, and the figures of every pair it tried."""
+
+    lesion_threshold: float
+    min_lesion_mm3: float
+    table: tuple[dict[str, float], ...]
+
+
+def calibrate(
+    net: UNet,
+    data: Sequence[Prepared],
+    config: NetConfig,
+    device: torch.device,
+    batch_size: int,
+) -> Calibration:
+    """Choose the lesion threshold and smallest lesion on validation studies (working grid).
+
+    For every pair of :data:`CALIBRATION_THRESHOLDS` and :data:`CALIBRATION_MIN_MM3`:
+    the mean lesion Dice over the studies (1 for a lesion-free study with nothing
+    found) and the false positives per study (kept components touching no true
+    lesion). The pair with the best Dice among those with at most
+    :data:`CALIBRATION_MAX_FP` false positives per study wins; when none has so few,
+    the pair with the fewest false positives (then the best Dice).
+    """
+    sums = {(t, m): [0.0, 0.0] for t in CALIBRATION_THRESHOLDS for m in CALIBRATION_MIN_MM3}
+    for study in data:
+        assert study.lesion is not None
+        probability = infer(net, study.image, study.offset, config, device, batch_size)
+        allowed = probability[:, 0] >= 0.5
+        if config.host_channel:
+            allowed &= probability[:, 2] >= 0.5
+        for threshold in CALIBRATION_THRESHOLDS:
+            labels, count = preprocess.label_components((probability[:, 1] >= threshold) & allowed)
+            sizes = np.bincount(labels.ravel(), minlength=count + 1) * study.voxel_mm3
+            touching = np.zeros(count + 1, dtype=bool)
+            touching[np.unique(labels[study.lesion])] = True
+            for smallest in CALIBRATION_MIN_MM3:
+                keep = sizes >= smallest
+                keep[0] = False
+                found = keep[labels]
+                entry = sums[(threshold, smallest)]
+                entry[0] += _dice(found, study.lesion)
+                entry[1] += float((keep & ~touching).sum())
+    n = max(1, len(data))
+    table = tuple(
+        {"lesion_threshold": t, "min_lesion_mm3": m, "lesion_dice": d / n, "false_positives": f / n}
+        for (t, m), (d, f) in sums.items()
+    )
+    allowed_rows = [row for row in table if row["false_positives"] <= CALIBRATION_MAX_FP]
+    if allowed_rows:
+        best = max(allowed_rows, key=lambda row: (row["lesion_dice"], -row["false_positives"]))
+    else:
+        best = min(table, key=lambda row: (row["false_positives"], -row["lesion_dice"]))
+    return Calibration(best["lesion_threshold"], best["min_lesion_mm3"], table)
+
+
 def _dice(predicted: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> float:
     """Dice coefficient; 1 when both are empty."""
     total = int(predicted.sum()) + int(truth.sum())
     return 1.0 if total == 0 else 2.0 * int((predicted & truth).sum()) / total
 
 
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """One study's lesion counts (see :func:`evaluate_studies`)."""
+
+    found_10: int
+    lesions_10: int
+    false: int
+    lesions: int
+    by_size: tuple[tuple[int, int], ...]
+    scored: tuple[tuple[float, int], ...]
+
+
 def _lesion_counts(
     predicted: npt.NDArray[np.bool_],
     truth: npt.NDArray[np.bool_],
     spacing: tuple[float, float, float],
-) -> dict[str, int]:
-    """Truth lesions >= 10 mm, those found (overlapped), predicted components overlapping none."""
+    result: ModelResult | None = None,
+    first_id: int = 0,
+) -> _Counts:
+    """Truth lesions (found when a predicted component overlaps them) and predicted ones.
+
+    Each predicted component is scored with the probability of its finding (the
+    findings follow the components in raster order, as ``find_lesions`` makes them;
+    1 when ``result`` is not given or does not match) and the id (``first_id`` on)
+    of the truth lesion it overlaps most, or -1.
+    """
     true_labels, true_count = preprocess.label_components(truth)
-    found = lesions = 0
+    found_10 = lesions_10 = 0
+    by_size = [[0, 0] for _ in SIZE_BINS]
     for number, where in enumerate(preprocess.component_boxes(true_labels, true_count), start=1):
         if where is None:
             continue
         component = true_labels[where] == number
-        if longest_diameter(component, spacing) < 10.0:
-            continue
-        lesions += 1
-        found += int(predicted[where][component].any())
+        diameter = longest_diameter(component, spacing)
+        hit = bool(predicted[where][component].any())
+        for i, (low, high) in enumerate(SIZE_BINS):
+            if low <= diameter < high:
+                by_size[i][0] += int(hit)
+                by_size[i][1] += 1
+        if diameter >= 10.0:
+            lesions_10 += 1
+            found_10 += int(hit)
     pred_labels, pred_count = preprocess.label_components(predicted)
-    hits = np.unique(pred_labels[truth & predicted])
-    false = pred_count - int(np.count_nonzero(hits))
-    return {"found": found, "lesions": lesions, "false": false}
+    findings = result.findings if result is not None else ()
+    probabilities = (
+        [f.probability for f in findings] if len(findings) == pred_count else [1.0] * pred_count
+    )
+    scored: list[tuple[float, int]] = []
+    false = 0
+    for number, where in enumerate(preprocess.component_boxes(pred_labels, pred_count), start=1):
+        if where is None:
+            continue
+        overlap = true_labels[where][pred_labels[where] == number]
+        overlap = overlap[overlap > 0]
+        if overlap.size:
+            lesion = first_id + int(np.bincount(overlap).argmax()) - 1
+        else:
+            lesion, false = -1, false + 1
+        scored.append((probabilities[number - 1], lesion))
+    return _Counts(
+        found_10,
+        lesions_10,
+        false,
+        true_count,
+        tuple((f, t) for f, t in by_size),
+        tuple(scored),
+    )

@@ -12,7 +12,7 @@ validation metric and the CLI writes the weights and a model card.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -163,17 +163,23 @@ def model_card(
     *,
     description: str,
     data: str,
-    split: Split,
+    split: Split | Mapping[str, int],
     seed: int,
     record: dict[str, object],
     metrics: dict[str, float],
     date: str,
 ) -> str:
-    """The Markdown model card ``dicomnode train`` writes beside the weights."""
+    """The Markdown model card ``dicomnode train`` writes beside the weights.
+
+    ``split`` is the split, or its counts (generated studies: one patient each).
+    """
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
-    # The per-epoch history is in the JSON record; the card keeps the summary.
-    training = "\n".join(f"- {k}: {v}" for k, v in record.items() if k != "history")
-    counts = split.counts()
+    # The per-epoch history and the calibration table are in the JSON record; the card
+    # keeps the summary.
+    training = "\n".join(
+        f"- {k}: {v}" for k, v in record.items() if k not in ("history", "calibration")
+    )
+    counts = split.counts() if isinstance(split, Split) else dict(split)
     return f"""# Model card: {model.name} {model.version}
 
 {description}

@@ -204,3 +204,20 @@ def test_node_indexes_into_postgresql(postgres_url: str, tmp_path: Path) -> None
         engine.dispose()
         assert uids == [ds.SOPInstanceUID]
         assert not (tmp_path / "var" / "dicomnode.sqlite").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_take_data_or_a_generator_and_name_the_known_ones(
+    command: str, tmp_path: Path
+) -> None:
+    neither = dicomnode(command, "ct-lesion-seg", cwd=tmp_path)
+    both = dicomnode(command, "ct-lesion-seg", "--data", ".", "--generator", "x", cwd=tmp_path)
+    unknown = dicomnode(command, "ct-lesion-seg", "--generator", "mri", cwd=tmp_path)
+    none_here = dicomnode(command, "mg-4view", "--generator", "anatomical", cwd=tmp_path)
+
+    for done in (neither, both):
+        assert done.returncode == 2 and "either --data or --generator" in done.stderr
+    assert unknown.returncode == 1
+    assert "no generator 'mri'; it has: anatomical" in unknown.stderr
+    assert none_here.returncode == 1 and "no generator 'anatomical'" in none_here.stderr
+    assert "it has" not in none_here.stderr

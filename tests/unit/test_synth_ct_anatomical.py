@@ -258,13 +258,16 @@ def test_options_reject_a_bad_value_naming_it(field: str, value: object) -> None
         AnatomicalCtOptions(**{field: value})  # type: ignore[arg-type]
 
 
-def test_a_training_sample_is_a_volume_with_lesion_and_body_masks() -> None:
-    volume, lesion, body = anatomical_training_sample(5, TINY)
-    masks: list[npt.NDArray[np.bool_]] = [lesion, body]
+def test_a_training_sample_is_a_volume_with_lesion_body_and_host_masks() -> None:
+    volume, lesion, body, host = anatomical_training_sample(5, TINY)
+    masks: list[npt.NDArray[np.bool_]] = [lesion, body, host]
 
     assert all(m.shape == volume.shape and m.dtype == np.bool_ for m in masks)
     assert body.any() and not body[:, 0, 0].any()  # a corner of the field is air
     assert not (lesion & ~body).any()
+    # Lesions lie in host tissue, the host in the body, and the body is more than it.
+    assert lesion.any() and not (lesion & ~host).any()
+    assert host.any() and not (host & ~body).any() and (body & ~host).any()
 
 
 class _AxialCt:

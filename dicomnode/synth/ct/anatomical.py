@@ -311,6 +311,14 @@ class RenderedCt:
         """Every lesion voxel."""
         return self.lesions > 0
 
+    def host_mask(self) -> npt.NDArray[np.bool_]:
+        """The tissue lesions can grow in: every organ of :data:`HOSTS` with its simple
+        cysts, and every lesion voxel."""
+        host = np.zeros(256, dtype=bool)
+        host[[int(t) for tissues in HOSTS.values() for t in tissues]] = True
+        host[CtTissue.CYST] = True
+        return host[self.tissues] | (self.lesions > 0)
+
 
 def _pick(rng: np.random.Generator, values: Sequence[enum.Enum]) -> int:
     return int(rng.integers(len(values)))
@@ -613,12 +621,19 @@ def anatomical_volume(ct: AnatomicalCt, rendered: RenderedCt) -> Volume:
 
 def anatomical_training_sample(
     seed: int, options: AnatomicalCtOptions | None = None
-) -> tuple[Volume, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Draw and render one study for training, without DICOM: (volume, lesions, body).
+) -> tuple[Volume, npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Draw and render one study for training, without DICOM: (volume, lesions, body, host).
+
+    The host mask is :meth:`RenderedCt.host_mask`.
 
     Fits :data:`dicomnode.models.ct_lesion_training.VolumeSource` (bind the options
     with :func:`functools.partial`).
     """
     ct = draw_anatomical_ct(seed, options)
     rendered = render_anatomical_ct(ct)
-    return anatomical_volume(ct, rendered), rendered.lesion_mask(), rendered.body_mask()
+    return (
+        anatomical_volume(ct, rendered),
+        rendered.lesion_mask(),
+        rendered.body_mask(),
+        rendered.host_mask(),
+    )
