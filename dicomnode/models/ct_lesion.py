@@ -429,11 +429,12 @@ GENERATED_VALIDATION = 8
 GENERATED_TEST = 12
 #: Training settings on generated data: longer epochs (a fresh pool each), hard negatives.
 GENERATED_TRAINING = TrainingConfig(
-    max_epochs=20,
+    max_epochs=18,
     patience=8,
     steps_per_epoch=150,
     lesion_fraction=0.5,
     host_fraction=0.25,
+    selection="pooled_lesion_dice",
 )
 
 

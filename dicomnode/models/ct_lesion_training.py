@@ -22,6 +22,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -95,6 +96,12 @@ class TrainingConfig:
         a host mask: the hard negatives, organ tissue that is not lesion.
     norm_batches
         Batches that re-estimate the batch-norm statistics before each validation.
+    selection
+        The validation metric that picks the best epoch: ``lesion_dice`` (the mean
+        over studies; a lesion-free study scores 1 when nothing is found, so with
+        lesion-free studies a network that finds nothing scores well) or
+        ``pooled_lesion_dice`` (one Dice over every study's voxels together: finding
+        nothing scores 0, false positives anywhere lower it).
     """
 
     max_epochs: int = 30
@@ -107,6 +114,7 @@ class TrainingConfig:
     lesion_fraction: float = 0.6
     host_fraction: float = 0.0
     norm_batches: int = 8
+    selection: Literal["lesion_dice", "pooled_lesion_dice"] = "lesion_dice"
 
 
 @dataclass(slots=True)
@@ -163,7 +171,8 @@ class Trainer:
             net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, cfg.max_epochs)
-        best: dict[str, float] = {"lesion_dice": -1.0}
+        key = cfg.selection
+        best: dict[str, float] = {key: -1.0}
         best_state, best_epoch, history = copy.deepcopy(net.state_dict()), 0, []
         for epoch in range(1, cfg.max_epochs + 1):
             if refresh is not None and epoch > 1:
@@ -175,10 +184,11 @@ class Trainer:
             history.append({"epoch": epoch, "loss": loss, **metrics})
             progress(
                 f"epoch {epoch}/{cfg.max_epochs}: loss {loss:.4f}, validation lesion Dice "
-                f"{metrics['lesion_dice']:.4f}, body Dice {metrics['body_dice']:.4f} "
+                f"{metrics['lesion_dice']:.4f} (pooled {metrics['pooled_lesion_dice']:.4f}), "
+                f"body Dice {metrics['body_dice']:.4f} "
                 f"({time.monotonic() - started:.0f} s)"
             )
-            if metrics["lesion_dice"] > best["lesion_dice"]:
+            if metrics[key] > best[key]:
                 best, best_epoch = metrics, epoch
                 best_state = copy.deepcopy(net.state_dict())
             elif epoch - best_epoch >= cfg.patience:
@@ -548,16 +558,21 @@ def _validate(
 ) -> dict[str, float]:
     """Lesion and body Dice on the working grid (cheaper than the source grid)."""
     lesion_dice, body_dice = [], []
+    overlap = total = 0
     for study in data:
         probability = infer(net, study.image, study.offset, config, device, batch_size)
         assert study.lesion is not None
         body = probability[:, 0] >= 0.5
         allowed = body & (probability[:, 2] >= 0.5) if config.host_channel else body
-        lesion_dice.append(_dice((probability[:, 1] >= 0.5) & allowed, study.lesion))
+        found = (probability[:, 1] >= 0.5) & allowed
+        lesion_dice.append(_dice(found, study.lesion))
+        overlap += int((found & study.lesion).sum())
+        total += int(found.sum()) + int(study.lesion.sum())
         if study.body is not None:
             body_dice.append(_dice(body, study.body))
     return {
         "lesion_dice": float(np.mean(lesion_dice)),
+        "pooled_lesion_dice": 2.0 * overlap / total if total else 1.0,
         "body_dice": float(np.mean(body_dice)) if body_dice else float("nan"),
     }
 
@@ -588,13 +603,14 @@ def calibrate(
     """Choose the lesion threshold and smallest lesion on validation studies (working grid).
 
     For every pair of :data:`CALIBRATION_THRESHOLDS` and :data:`CALIBRATION_MIN_MM3`:
-    the mean lesion Dice over the studies (1 for a lesion-free study with nothing
-    found) and the false positives per study (kept components touching no true
-    lesion). The pair with the best Dice among those with at most
+    the lesion Dice of all studies' voxels together (pooled: finding nothing scores
+    0, false positives in lesion-free studies lower it) and the false positives per
+    study (kept components touching no true lesion). The pair with the best Dice among those with at most
     :data:`CALIBRATION_MAX_FP` false positives per study wins; when none has so few,
     the pair with the fewest false positives (then the best Dice).
     """
-    sums = {(t, m): [0.0, 0.0] for t in CALIBRATION_THRESHOLDS for m in CALIBRATION_MIN_MM3}
+    # (overlap voxels, predicted + truth voxels, false positives) per pair
+    sums = {(t, m): [0, 0, 0] for t in CALIBRATION_THRESHOLDS for m in CALIBRATION_MIN_MM3}
     for study in data:
         assert study.lesion is not None
         probability = infer(net, study.image, study.offset, config, device, batch_size)
@@ -611,12 +627,18 @@ def calibrate(
                 keep[0] = False
                 found = keep[labels]
                 entry = sums[(threshold, smallest)]
-                entry[0] += _dice(found, study.lesion)
-                entry[1] += float((keep & ~touching).sum())
+                entry[0] += int((found & study.lesion).sum())
+                entry[1] += int(found.sum()) + int(study.lesion.sum())
+                entry[2] += int((keep & ~touching).sum())
     n = max(1, len(data))
     table = tuple(
-        {"lesion_threshold": t, "min_lesion_mm3": m, "lesion_dice": d / n, "false_positives": f / n}
-        for (t, m), (d, f) in sums.items()
+        {
+            "lesion_threshold": t,
+            "min_lesion_mm3": m,
+            "lesion_dice": 2.0 * o / v if v else 1.0,
+            "false_positives": f / n,
+        }
+        for (t, m), (o, v, f) in sums.items()
     )
     allowed_rows = [row for row in table if row["false_positives"] <= CALIBRATION_MAX_FP]
     if allowed_rows:

@@ -18,6 +18,7 @@ from dicomnode.models.ct_lesion_training import (
     Prepared,
     Trainer,
     TrainingConfig,
+    _validate,
     calibrate,
     froc,
     prepare,
@@ -183,3 +184,18 @@ def test_froc_reads_the_best_sensitivity_within_each_false_positive_rate() -> No
     assert points["froc_1"] == 0.75  # two: down to 0.6 (both of the tie)
     assert points["froc_8"] == 0.75  # the fourth lesion is never found
     assert set(points) == {f"froc_{r:g}" for r in FROC_RATES}
+
+
+def test_pooled_dice_gives_a_network_that_finds_nothing_no_credit_for_lesion_free_studies() -> None:
+    free = _drawn_study(0.0, 0.0, 0)
+    free.lesion = np.zeros_like(free.lesion)
+    blind = [free, _drawn_study(0.0, 0.0, 0)]  # the lesion is not drawn: nothing found
+    seeing = [free, _drawn_study(0.9, 0.9, 1)]  # found, with one false blob
+    net = _ImageAsProbability(HOSTED)
+
+    nothing = _validate(net, blind, HOSTED, torch.device("cpu"), 4)  # type: ignore[arg-type]
+    something = _validate(net, seeing, HOSTED, torch.device("cpu"), 4)  # type: ignore[arg-type]
+
+    # The mean over studies prefers finding nothing; the pooled Dice does not.
+    assert nothing["lesion_dice"] == 0.5 and nothing["pooled_lesion_dice"] == 0.0
+    assert something["pooled_lesion_dice"] > nothing["pooled_lesion_dice"]
