@@ -1,6 +1,7 @@
 """Send validation studies to `dicomnode run` as a stranger would, then score its SEGs.
 
-    .venv/bin/python bench/validation_ct/through_node.py TRUTH_DIR [TRUTH_DIR ...] [--json out.json]
+    .venv/bin/python bench/validation_ct/through_node.py TRUTH_DIR [TRUTH_DIR ...] \
+        [--option weights=anatomical] [--json out.json]
 
 Each TRUTH_DIR is a folder written by ``generator.py``. A node (``dicomnode run``, one
 worker, a ``ct-lesion-seg`` pipeline that sends its outputs nowhere: they stay in
@@ -62,13 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("truth_dirs", type=Path, nargs="+")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="a pipeline option for ct-lesion-seg, e.g. weights=anatomical (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    pipeline = PIPELINE
+    if args.option:
+        pairs = [item.split("=", 1) for item in args.option]
+        pipeline += "options = { " + ", ".join(f'{k} = "{v}"' for k, v in pairs) + " }\n"
     studies = [s for d in args.truth_dirs for s in sorted(d.glob("study-*")) if s.is_dir()]
     if not studies:
         print("no study-* folders", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as folder:
-        node = NodeProcess(Path(folder), extra_toml=PIPELINE, study_quiet_seconds=2.0)
+        node = NodeProcess(Path(folder), extra_toml=pipeline, study_quiet_seconds=2.0)
         with node:
             for study in studies:
                 send(node, study)

@@ -50,8 +50,11 @@ Training (:meth:`CtLesionSegModel.fit`)
     the best validation lesion Dice (working grid) is kept, early stop on patience.
 
 Pipeline options: ``attention`` (bool: the Attention U-Net instead of the U-Net),
-``lesion_threshold`` (0-1, default 0.5), ``min_lesion_mm3`` (default 30),
-``inference`` (``fast``, the default, or ``reference``: the original float32 path).
+``weights`` (``phantom``, the default, or ``anatomical``: the U-Net trained on the
+anatomical generator with a host-tissue output, see ``ct-lesion-seg-anatomical.md``),
+``lesion_threshold`` (0-1; default 0.5, or what the weights were calibrated to),
+``min_lesion_mm3`` (default 30, or the calibrated value), ``inference`` (``fast``, the
+default, or ``reference``: the original float32 path).
 
 The network and steps 1-6 are in :mod:`dicomnode.models.ct_lesion_nn`, training and
 evaluation in :mod:`dicomnode.models.ct_lesion_training`; this module is the model.
@@ -108,7 +111,7 @@ from dicomnode.models.ct_lesion_training import (
 from dicomnode.models.training import LabelledStudy, Progress
 from dicomnode.models.unet import UNet
 
-__all__ = ["CtLesionSegModel", "NetConfig", "TrainingConfig", "weights_path"]
+__all__ = ["WEIGHT_SETS", "CtLesionSegModel", "NetConfig", "TrainingConfig", "weights_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +119,18 @@ _WEIGHTS_DIR = Path(__file__).parent / "weights"
 _FORMAT = 1
 
 
-def weights_path(attention: bool = False) -> Path:
-    """Where the packaged weights of the U-Net (or the Attention U-Net) are."""
-    return _WEIGHTS_DIR / ("ct-lesion-seg-attention.pt" if attention else "ct-lesion-seg.pt")
+#: The packaged weight sets, by what they were trained on (the ``weights`` option):
+#: ``phantom`` (the default: the simple phantom, ``dicomnode.synth.ct.phantom``) and
+#: ``anatomical`` (``dicomnode train ct-lesion-seg --generator anatomical``).
+WEIGHT_SETS = ("phantom", "anatomical")
+
+
+def weights_path(attention: bool = False, trained_on: str = "phantom") -> Path:
+    """Where the packaged weights of the U-Net (or the Attention U-Net) of a set are."""
+    if trained_on not in WEIGHT_SETS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_SETS)}, got {trained_on!r}")
+    stem = "ct-lesion-seg" if trained_on == "phantom" else f"ct-lesion-seg-{trained_on}"
+    return _WEIGHTS_DIR / (f"{stem}-attention.pt" if attention else f"{stem}.pt")
 
 
 class CtLesionSegModel:
@@ -168,6 +180,7 @@ class CtLesionSegModel:
         training: TrainingConfig | None = None,
         inference: InferencePath = "fast",
         precision: Precision = "auto",
+        trained_on: str = "phantom",
     ) -> None:
         if inference not in INFERENCE_PATHS:
             raise ValueError(
@@ -177,16 +190,19 @@ class CtLesionSegModel:
         self.inference: InferencePath = inference
         self.precision: Precision = precision
         self.attention = attention
+        if trained_on not in WEIGHT_SETS:
+            raise ValueError(f"CtLesionSegModel trained_on must be one of {WEIGHT_SETS}")
+        self.trained_on = trained_on
         self.config = config or NetConfig(attention=attention)
         if self.config.attention != attention:
             raise ValueError("CtLesionSegModel config.attention must equal attention")
         self.training = training or TrainingConfig()
         self.batch_size = 32 if self.device.type == "cuda" else 8
-        self._networks: dict[bool, tuple[NetConfig, UNet]] = {}
-        self._runners: dict[bool, NetRunner] = {}
-        path = weights or weights_path(attention)
+        self._networks: dict[tuple[bool, str], tuple[NetConfig, UNet]] = {}
+        self._runners: dict[tuple[bool, str], NetRunner] = {}
+        path = weights or weights_path(attention, trained_on)
         if weights is not None or path.exists():
-            self._networks[attention] = self._load(path)
+            self._networks[self._default] = self._load(path)
 
     # -- inference -------------------------------------------------------------
 
@@ -205,7 +221,8 @@ class CtLesionSegModel:
             raise NotApplicable("ct-lesion-seg needs an axial CT series (view 'ct')")
         attention = _bool_option(study.options, "attention", self.attention)
         path = _path_option(study.options, self.inference)
-        config, net = self._network(attention)
+        key = (attention, _weights_option(study.options, self.trained_on))
+        config, net = self._network(key)
         threshold = _float_option(
             study.options, "lesion_threshold", config.lesion_threshold, 0.0, 1.0
         )
@@ -214,7 +231,7 @@ class CtLesionSegModel:
         )
         volume = view.volume
         if path == "fast":
-            seg = segment_fast(volume, self._runner(attention), config, threshold)
+            seg = segment_fast(volume, self._runner(key), config, threshold)
         else:
             seg = segment(volume, net, config, self.device, self.batch_size, threshold)
         findings, kept = find_lesions(seg, volume.spacing, min_volume, whole_grid=path != "fast")
@@ -222,6 +239,7 @@ class CtLesionSegModel:
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         summary: dict[str, object] = {
             "network": "attention-unet" if attention else "unet",
+            "weights": key[1],
             "inference": path,
             "lesion_count": len(findings),
             "lesion_volume_mm3": round(float(kept.sum()) * voxel_ml * 1000.0, 1),
@@ -234,21 +252,30 @@ class CtLesionSegModel:
         )
         return ModelResult(masks={VIEW: masks}, findings=findings, summary=summary)
 
-    def _network(self, attention: bool) -> tuple[NetConfig, UNet]:
-        if attention not in self._networks:
-            path = weights_path(attention)
+    @property
+    def _default(self) -> tuple[bool, str]:
+        """The network :meth:`fit` trains and :meth:`save` writes."""
+        return self.attention, self.trained_on
+
+    def _network(self, key: tuple[bool, str]) -> tuple[NetConfig, UNet]:
+        attention, trained_on = key
+        if key not in self._networks:
+            path = weights_path(attention, trained_on)
             if not path.exists():
                 variant = "Attention U-Net" if attention else "U-Net"
-                raise RuntimeError(f"ct-lesion-seg has no trained {variant} weights ({path})")
-            self._networks[attention] = self._load(path)
-        return self._networks[attention]
+                raise RuntimeError(
+                    f"ct-lesion-seg has no trained {variant} weights of the {trained_on} set"
+                    f" ({path})"
+                )
+            self._networks[key] = self._load(path)
+        return self._networks[key]
 
-    def _runner(self, attention: bool) -> NetRunner:
+    def _runner(self, key: tuple[bool, str]) -> NetRunner:
         """The fast path's copy of a network, built once per loaded network."""
-        if attention not in self._runners:
-            _, net = self._network(attention)
-            self._runners[attention] = NetRunner(net, self.device, self.precision)
-        return self._runners[attention]
+        if key not in self._runners:
+            _, net = self._network(key)
+            self._runners[key] = NetRunner(net, self.device, self.precision)
+        return self._runners[key]
 
     def _load(self, path: Path) -> tuple[NetConfig, UNet]:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -298,8 +325,8 @@ class CtLesionSegModel:
         net = new_network(config).to(self.device)
         trainer = Trainer(config, cfg, self.device, self.batch_size)
         best_epoch, best, history = trainer.run_epochs(net, train_data, val_data, rng, progress)
-        self._networks[self.attention] = (config, net.eval())
-        self._runners.pop(self.attention, None)  # the old weights' fused copy
+        self._networks[self._default] = (config, net.eval())
+        self._runners.pop(self._default, None)  # the old weights' fused copy
         return {
             "seed": seed,
             "epochs": len(history),
@@ -338,9 +365,9 @@ class CtLesionSegModel:
         """
         source = generator_source(generator, training=True)
         started = time.monotonic()
-        cfg = replace(
-            GENERATED_TRAINING, **({} if max_epochs is None else {"max_epochs": max_epochs})
-        )
+        cfg = GENERATED_TRAINING
+        if max_epochs is not None:
+            cfg = replace(cfg, max_epochs=max_epochs)
         self.training = cfg
         config = replace(self.config, host_channel=True)
         torch.manual_seed(seed)
@@ -368,8 +395,8 @@ class CtLesionSegModel:
             f"{config.lesion_threshold}, smallest lesion {config.min_lesion_mm3:g} mm3"
         )
         self.config = config
-        self._networks[self.attention] = (config, net.eval())
-        self._runners.pop(self.attention, None)
+        self._networks[self._default] = (config, net.eval())
+        self._runners.pop(self._default, None)
         record = {
             "seed": seed,
             "generator": generator,
@@ -404,7 +431,7 @@ class CtLesionSegModel:
 
     def save(self, path: Path) -> None:
         """Write the default variant's weights and settings to ``path`` (float16 tensors)."""
-        config, net = self._network(self.attention)
+        config, net = self._network(self._default)
         state = {
             k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
             for k, v in net.state_dict().items()
@@ -473,6 +500,13 @@ def _bool_option(options: Mapping[str, object], key: str, default: bool) -> bool
         return _BOOLEANS[str(value).strip().lower()]
     except KeyError:
         raise ValueError(f"option {key!r} must be true or false, got {value!r}") from None
+
+
+def _weights_option(options: Mapping[str, object], default: str) -> str:
+    value = str(options.get("weights", default)).strip().lower()
+    if value not in WEIGHT_SETS:
+        raise ValueError(f"option 'weights' must be one of {', '.join(WEIGHT_SETS)}, got {value!r}")
+    return value
 
 
 def _path_option(options: Mapping[str, object], default: InferencePath) -> InferencePath:

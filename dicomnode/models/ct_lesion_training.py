@@ -605,9 +605,9 @@ def calibrate(
     For every pair of :data:`CALIBRATION_THRESHOLDS` and :data:`CALIBRATION_MIN_MM3`:
     the lesion Dice of all studies' voxels together (pooled: finding nothing scores
     0, false positives in lesion-free studies lower it) and the false positives per
-    study (kept components touching no true lesion). The pair with the best Dice among those with at most
-    :data:`CALIBRATION_MAX_FP` false positives per study wins; when none has so few,
-    the pair with the fewest false positives (then the best Dice).
+    study (kept components touching no true lesion). The pair with the best Dice among
+    those with at most :data:`CALIBRATION_MAX_FP` false positives per study wins; when
+    none has so few, the pair with the fewest false positives (then the best Dice).
     """
     # (overlap voxels, predicted + truth voxels, false positives) per pair
     sums = {(t, m): [0, 0, 0] for t in CALIBRATION_THRESHOLDS for m in CALIBRATION_MIN_MM3}

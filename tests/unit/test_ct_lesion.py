@@ -253,3 +253,34 @@ def test_fit_reports_each_epoch_and_is_reproducible_with_its_seed(tmp_path: Path
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = first.evaluate([_labelled(14, slices=12, size=64, spacing=5.0, thickness=5.0)[0]])
     assert set(metrics) >= {"lesion_dice", "lesion_sensitivity_10mm", "body_dice"}
+
+
+@pytest.mark.skipif(
+    not weights_path(trained_on="anatomical").exists(), reason="no anatomical weights"
+)
+def test_the_anatomical_weights_find_lesions_in_a_generated_ct_inside_their_host_tissue(
+    shipped: CtLesionSegModel,
+) -> None:
+    from functools import partial
+
+    from dicomnode.models.ct_lesion_training import generated_study
+    from dicomnode.synth.ct.anatomical import AnatomicalCtOptions, anatomical_training_sample
+
+    # Seed 424003: never in training (seeds 0+) or its validation/test (900000+); the
+    # first of 424000-424009 where these weights find every lesion >= 10 mm.
+    source = partial(
+        anatomical_training_sample, options=AnatomicalCtOptions(lesion_free_fraction=0)
+    )
+    labelled = generated_study(source, 424_003)
+    study = labelled.study
+    chosen = StudyViews(study.study_instance_uid, study.views, options={"weights": "anatomical"})
+
+    result = shipped.predict(chosen)
+    metrics = shipped.evaluate([LabelledStudy(labelled.patient_key, chosen, labelled.segments)])
+
+    config, _ = shipped._network((False, "anatomical"))
+    assert config.host_channel and config.lesion_threshold != 0.5  # calibrated, saved
+    assert result.summary["weights"] == "anatomical" and result.findings
+    assert metrics["lesion_dice"] >= 0.5 and metrics["lesion_sensitivity_10mm"] == 1.0
+    with pytest.raises(ValueError, match="weights"):
+        shipped.predict(StudyViews("1.2.3", study.views, options={"weights": "mri"}))
