@@ -69,9 +69,9 @@ def _labelled(data: Path, model: Any) -> list[Any]:
     return studies
 
 
+#: Where the labelled studies come from: a folder, or (``--generator``) a model's generator.
 _DATA = click.option(
     "--data",
-    required=True,
     type=click.Path(path_type=Path, exists=True),
     help="Folder of DICOM images and DICOM SEG labels.",
 )
@@ -79,11 +79,7 @@ _DATA = click.option(
 
 @click.command(cls=NodeCommand)
 @click.argument("model_name", metavar="MODEL")
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, exists=True),
-    help="Folder of DICOM images and DICOM SEG labels.",
-)
+@_DATA
 @click.option(
     "--generator",
     metavar="NAME",
@@ -191,11 +187,7 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 
 @click.command(cls=NodeCommand)
 @click.argument("model_name", metavar="MODEL")
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, exists=True),
-    help="Folder of DICOM images and DICOM SEG labels.",
-)
+@_DATA
 @click.option(
     "--generator",
     metavar="NAME",
