@@ -131,10 +131,8 @@ def train(
 def _train_generated(
     model: Any, generator: str, out: Path, seed: int, max_epochs: int | None
 ) -> None:
-    _check_generator(model, generator)
-    record, test = model.fit_generated(
-        generator, seed=seed, progress=click.echo, max_epochs=max_epochs
-    )
+    data = _generated_data(model, generator)
+    record, test = model.fit_generated(data, seed=seed, progress=click.echo, max_epochs=max_epochs)
     click.echo(f"evaluating {len(test)} held-out test studies")
     metrics = model.evaluate(test)
     counts = {
@@ -148,11 +146,13 @@ def _train_generated(
     click.echo(f"weights, metrics and model card written to {out}/")
 
 
-def _check_generator(model: Any, generator: str) -> None:
-    known = getattr(model, "generators", ())
-    if generator not in known:
-        offer = f"; it has: {', '.join(known)}" if known else ""
-        raise click.ClickException(f"model {model.name!r} has no generator {generator!r}{offer}")
+def _generated_data(model: Any, generator: str) -> Any:
+    from dicomnode.synth.generators import generated_data
+
+    try:
+        return generated_data(model.name, generator)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _write_trained(
@@ -219,9 +219,9 @@ def evaluate(
     start_logging(ctx, settings)
     model = _trainable(model_name, settings)
     if generator is not None:
-        _check_generator(model, generator)
+        source = _generated_data(model, generator)
         click.echo(f"generating the {generator} generator's test studies of seed {seed}")
-        chosen = model.generated_studies(generator, seed, "test")
+        chosen = model.generated_studies(source, seed, "test")
         _print_metrics(model.evaluate(chosen), f"{len(chosen)} {generator} studies")
         return
     assert data is not None

@@ -62,7 +62,6 @@ evaluation in :mod:`dicomnode.models.ct_lesion_training`; this module is the mod
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -98,10 +97,10 @@ from dicomnode.models.ct_lesion_nn import (
     segment_fast,
 )
 from dicomnode.models.ct_lesion_training import (
+    GeneratedData,
     GeneratedPool,
     Trainer,
     TrainingConfig,
-    VolumeSource,
     calibrate,
     evaluate_studies,
     generated_study,
@@ -167,8 +166,6 @@ class CtLesionSegModel:
         SegmentLabel(LESION_SEGMENT, "lesion", codes.MORPHOLOGICALLY_ABNORMAL, codes.LESION),
     )
     classes: tuple[ClassLabel, ...] = ()
-    #: Generators :meth:`fit_generated` (``dicomnode train --generator``) can train on.
-    generators: tuple[str, ...] = ("anatomical",)
 
     def __init__(
         self,
@@ -342,13 +339,16 @@ class CtLesionSegModel:
 
     def fit_generated(
         self,
-        generator: str,
+        data: GeneratedData,
         *,
         seed: int,
         progress: Progress,
         max_epochs: int | None = None,
     ) -> tuple[dict[str, object], tuple[LabelledStudy, ...]]:
         """Train from scratch on a generator's studies, made in memory; calibrate; keep the best.
+
+        ``data`` names the generator and gives its sources (for ``dicomnode train
+        --generator``: :func:`dicomnode.synth.generators.generated_data`).
 
         The network gets the host output (``NetConfig.host_channel``). Training draws
         patches from a pool of :data:`GENERATED_POOL` studies of which
@@ -363,7 +363,7 @@ class CtLesionSegModel:
         tuple
             The training record, and the test studies (for :meth:`evaluate`).
         """
-        source = generator_source(generator, training=True)
+        source = data.training
         started = time.monotonic()
         cfg = GENERATED_TRAINING
         if max_epochs is not None:
@@ -374,8 +374,8 @@ class CtLesionSegModel:
         rng = np.random.default_rng(seed)
         seeds = generated_seeds(seed)
         progress(f"generating {GENERATED_VALIDATION} validation and {GENERATED_TEST} test studies")
-        validation = self.generated_studies(generator, seed, "validation")
-        test = tuple(self.generated_studies(generator, seed, "test"))
+        validation = self.generated_studies(data, seed, "validation")
+        test = tuple(self.generated_studies(data, seed, "test"))
         val_data = [prepare(s, config) for s in validation]
         progress(f"generating the first {GENERATED_POOL} training studies")
         pool = GeneratedPool(source, config, seeds["train"], GENERATED_POOL, GENERATED_FRESH)
@@ -399,7 +399,7 @@ class CtLesionSegModel:
         self._runners.pop(self._default, None)
         record = {
             "seed": seed,
-            "generator": generator,
+            "generator": data.name,
             "epochs": len(history),
             "best_epoch": best_epoch,
             "validation": best,
@@ -414,12 +414,11 @@ class CtLesionSegModel:
         }
         return record, test
 
-    def generated_studies(self, generator: str, seed: int, part: str) -> list[LabelledStudy]:
+    def generated_studies(self, data: GeneratedData, seed: int, part: str) -> list[LabelledStudy]:
         """The ``validation`` or ``test`` studies of :meth:`fit_generated` with this seed."""
         if part not in ("validation", "test"):
             raise ValueError(f"part must be validation or test, got {part!r}")
-        source = generator_source(generator, training=False)
-        return [generated_study(source, s) for s in generated_seeds(seed)[part]]
+        return [generated_study(data.held_out, s) for s in generated_seeds(seed)[part]]
 
     def evaluate(self, studies: Sequence[LabelledStudy]) -> dict[str, float]:
         """Metrics of the current weights on the source grid of these studies.
@@ -475,21 +474,6 @@ def generated_seeds(seed: int) -> dict[str, Any]:
         "validation": range(base + 900_000, base + 900_000 + GENERATED_VALIDATION),
         "test": range(base + 950_000, base + 950_000 + GENERATED_TEST),
     }
-
-
-def generator_source(name: str, *, training: bool) -> VolumeSource:
-    """The :data:`VolumeSource` of a named generator.
-
-    Training studies have 80 slices (the network sees patches); held-out ones the
-    generator's full 120 x 256 x 256.
-    """
-    if name not in CtLesionSegModel.generators:
-        known = ", ".join(CtLesionSegModel.generators)
-        raise ValueError(f"unknown generator {name!r}; known: {known}")
-    from dicomnode.synth.ct.anatomical import AnatomicalCtOptions, anatomical_training_sample
-
-    options = AnatomicalCtOptions(slices=80) if training else AnatomicalCtOptions()
-    return functools.partial(anatomical_training_sample, options=options)
 
 
 def _bool_option(options: Mapping[str, object], key: str, default: bool) -> bool:

@@ -50,6 +50,7 @@ __all__ = [
     "FROC_RATES",
     "SIZE_BINS",
     "Calibration",
+    "GeneratedData",
     "GeneratedPool",
     "Prepared",
     "Trainer",
@@ -414,6 +415,15 @@ def prepare_generated(
         volume, lesion, body, host = source(seed)
         prepared.append(prepare_volume(volume, lesion, body, config, host))
     return prepared
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedData:
+    """A named generator's sources: of training studies, and of held-out ones."""
+
+    name: str
+    training: VolumeSource
+    held_out: VolumeSource
 
 
 def generated_study(source: VolumeSource, seed: int) -> LabelledStudy:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dicomnode.models import codes, preprocess
 from dicomnode.models.api import StudyViews, View
 from dicomnode.models.ct_lesion_nn import NetConfig, SliceWorkers, _on_source_grid, new_network
 from dicomnode.models.ct_lesion_training import (
+    CALIBRATION_THRESHOLDS,
     FROC_RATES,
+    GeneratedData,
     GeneratedPool,
     Prepared,
     Trainer,
@@ -199,3 +203,34 @@ def test_pooled_dice_gives_a_network_that_finds_nothing_no_credit_for_lesion_fre
     # The mean over studies prefers finding nothing; the pooled Dice does not.
     assert nothing["lesion_dice"] == 0.5 and nothing["pooled_lesion_dice"] == 0.0
     assert something["pooled_lesion_dice"] > nothing["pooled_lesion_dice"]
+
+
+def test_fit_generated_trains_calibrates_and_saves_the_calibration_with_the_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dicomnode.models.ct_lesion as ct_lesion
+
+    for name, value in (("POOL", 2), ("FRESH", 1), ("VALIDATION", 1), ("TEST", 1)):
+        monkeypatch.setattr(ct_lesion, f"GENERATED_{name}", value)
+    short = TrainingConfig(
+        max_epochs=2, patience=2, steps_per_epoch=1, batch_size=2, patch_size=32,
+        norm_batches=1, host_fraction=0.25, selection="pooled_lesion_dice",
+    )  # fmt: skip
+    monkeypatch.setattr(ct_lesion, "GENERATED_TRAINING", short)
+    source = partial(anatomical_training_sample, options=SMALL)
+    model = ct_lesion.CtLesionSegModel(config=CONFIG)
+    lines: list[str] = []
+
+    record, test = model.fit_generated(
+        GeneratedData("small", source, source), seed=3, progress=lines.append
+    )
+    model.save(tmp_path / "w.pt")
+    loaded = ct_lesion.CtLesionSegModel(weights=tmp_path / "w.pt")
+
+    assert record["generator"] == "small" and record["epochs"] == 2
+    assert record["train_studies"] == 3  # a pool of 2, then 1 fresh
+    assert any(line.startswith("calibrated on the validation studies") for line in lines)
+    config, _ = loaded._network((False, "phantom"))
+    assert config.host_channel and config.lesion_threshold in CALIBRATION_THRESHOLDS
+    assert config.lesion_threshold == record["config"]["lesion_threshold"]  # type: ignore[index]
+    assert len(test) == 1 and set(loaded.evaluate(test)) >= {"froc_1", "lesion_free_clean"}
