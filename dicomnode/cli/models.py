@@ -201,6 +201,14 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
     help="Evaluate every study (a held-out folder), not only the test split.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A pipeline option the model gets, as in a pipeline's options table "
+    "(e.g. weights=anatomical for ct-lesion-seg); repeatable.",
+)
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -209,12 +217,14 @@ def evaluate(
     generator: str | None,
     every: bool,
     seed: int,
+    options: tuple[str, ...],
 ) -> None:
     """Print MODEL's metrics on the test split of DATA (or on all of it)."""
     from dicomnode.models.training import split_by_patient
 
     if (data is None) == (generator is None):
         raise click.UsageError("give either --data or --generator")
+    chosen_options = _options(options)
     settings = settings_of(ctx)
     start_logging(ctx, settings)
     model = _trainable(model_name, settings)
@@ -222,12 +232,39 @@ def evaluate(
         source = _generated_data(model, generator)
         click.echo(f"generating the {generator} generator's test studies of seed {seed}")
         chosen = model.generated_studies(source, seed, "test")
-        _print_metrics(model.evaluate(chosen), f"{len(chosen)} {generator} studies")
-        return
-    assert data is not None
-    studies = _labelled(data, model)
-    chosen = studies if every else list(split_by_patient(studies, seed=seed).test)
-    _print_metrics(model.evaluate(chosen), f"{len(chosen)} studies")
+        title = f"{len(chosen)} {generator} studies"
+    else:
+        assert data is not None
+        studies = _labelled(data, model)
+        chosen = studies if every else list(split_by_patient(studies, seed=seed).test)
+        title = f"{len(chosen)} studies"
+    chosen = [_with_options(s, chosen_options) for s in chosen]
+    try:
+        metrics = model.evaluate(chosen)
+    except ValueError as exc:  # a bad option value, named by the model
+        raise click.ClickException(str(exc)) from None
+    _print_metrics(metrics, title)
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE pairs as a pipeline's options table (values as text, as TOML strings)."""
+    options = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _with_options(labelled: Any, options: dict[str, str]) -> Any:
+    """The labelled study with these options for the model (a pipeline's would be)."""
+    import dataclasses
+
+    if not options:
+        return labelled
+    study = dataclasses.replace(labelled.study, options={**labelled.study.options, **options})
+    return dataclasses.replace(labelled, study=study)
 
 
 @click.command("demo-data", cls=NodeCommand)

@@ -221,3 +221,11 @@ def test_train_and_evaluate_take_data_or_a_generator_and_name_the_known_ones(
     assert "no generator 'mri'; it has: anatomical" in unknown.stderr
     assert none_here.returncode == 1 and "no generator 'anatomical'" in none_here.stderr
     assert "it has" not in none_here.stderr
+
+
+def test_evaluate_refuses_an_option_that_is_not_key_equals_value(tmp_path: Path) -> None:
+    done = dicomnode(
+        "evaluate", "ct-lesion-seg", "--generator", "anatomical", "--option", "weights",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and "'weights' is not KEY=VALUE" in done.stderr
