@@ -62,6 +62,7 @@ __all__ = [
     "Precision",
     "Segmentation",
     "SliceWorkers",
+    "body_box",
     "context_offset",
     "find_lesions",
     "infer",
@@ -181,17 +182,22 @@ def context_offset(volume: Volume, config: NetConfig) -> int:
     return max(1, round(config.context_mm / max(volume.spacing[0], 1e-3)))
 
 
+def body_box(volume: Volume, config: NetConfig) -> preprocess.CropBox:
+    """Step 1, the in-plane crop to the body (both paths, and training, use it)."""
+    return preprocess.find_body_box(
+        volume.array,
+        (volume.spacing[1], volume.spacing[2]),
+        threshold=config.body_threshold,
+        margin_mm=config.crop_margin_mm,
+    )
+
+
 def working_image(
     volume: Volume, config: NetConfig
 ) -> tuple[npt.NDArray[np.float32], preprocess.CropBox]:
     """Crop, resample and window a volume: (slices, windows, rows, columns) in [0, 1]."""
     pixel_spacing = (volume.spacing[1], volume.spacing[2])
-    box = preprocess.find_body_box(
-        volume.array,
-        pixel_spacing,
-        threshold=config.body_threshold,
-        margin_mm=config.crop_margin_mm,
-    )
+    box = body_box(volume, config)
     shape = preprocess.inplane_shape(box.shape, pixel_spacing, config.working_spacing)
     resampled = preprocess.resample_slices(box.crop(volume.array), shape)
     image = np.empty((resampled.shape[0], len(config.windows), *shape), dtype=np.float32)
@@ -419,13 +425,7 @@ def segment_fast(
     volume: Volume, runner: NetRunner, config: NetConfig, threshold: float
 ) -> Segmentation:
     """The fast path of :func:`segment`: the same steps, in torch on the runner's device."""
-    pixel_spacing = (volume.spacing[1], volume.spacing[2])
-    box = preprocess.find_body_box(
-        volume.array,
-        pixel_spacing,
-        threshold=config.body_threshold,
-        margin_mm=config.crop_margin_mm,
-    )
+    box = body_box(volume, config)
     offset = context_offset(volume, config)
     with torch.inference_mode(), SliceWorkers(runner.device) as workers:
         image = _working_tensor(volume, box, config, runner.device, workers)

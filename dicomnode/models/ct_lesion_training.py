@@ -452,14 +452,12 @@ class GeneratedPool:
         first_seed: int,
         size: int,
         fresh: int,
-        progress: Progress | None = None,
     ) -> None:
         if size < 1 or not 0 <= fresh <= size:
             raise ValueError(f"pool size must be >= 1 and 0 <= fresh <= size, got {size}, {fresh}")
         self.source, self.config, self.fresh = source, config, fresh
         self.next_seed = first_seed
         self.first_seed = first_seed
-        self.progress = progress
         self.studies: list[Prepared] = self._generate(size)
 
     @property
